@@ -1,0 +1,32 @@
+/* libmerge/cli.h — small helpers every command shares, so that errors read
+ * the same everywhere. */
+#ifndef LIBMERGE_CLI_H
+#define LIBMERGE_CLI_H
+
+#include <stdio.h>
+#include "libmerge/err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Prints "PROG: FILE: KEY: at byte N: reason" on stderr (one line) and
+ * returns the exit status for e->code (libmerge(7), EXIT STATUS). */
+int lm_cli_fail(const char *prog, const lm_err *e);
+
+/* Prints "PROG: message" on stderr and returns LM_EXIT_USAGE. */
+int lm_cli_usage_error(const char *prog, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Splits "PATH[:λ]" into path (copied to buf, n bytes) and λ (default 1.0).
+ * The λ suffix is recognised only when the text after the last ':' parses
+ * fully as a finite number, so paths containing ':' still work.
+ * Returns 0, or LM_EUSAGE when the path is empty or too long. */
+int lm_parse_weighted(const char *spec, char *path, size_t n, double *lambda);
+
+/* Non-zero when stderr is a terminal (progress output goes there only then). */
+int lm_cli_progress_enabled(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,92 @@
+/* libmerge/writer.h — streaming safetensors writer.
+ *
+ * The header is computed first from names, dtypes and shapes, then tensor
+ * data is written one tensor at a time in header order, so memory does not
+ * grow with model size. The file is written to a temporary file in the target
+ * directory ("<dir>/.<name>.XXXXXX"), fsync'd and renamed into place by
+ * lm_writer_commit. On any failure, on lm_writer_abort, and on SIGINT/SIGTERM
+ * (see lm_atomic_install_signal_handlers) the temporary file is removed and
+ * the target is left as it was.
+ *
+ * Layout follows the safetensors format description: 8-byte little-endian
+ * header length N, N bytes of JSON (padded with spaces to a multiple of 8 as
+ * the reference writer pads it), then the data area.
+ */
+#ifndef LIBMERGE_WRITER_H
+#define LIBMERGE_WRITER_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "libmerge/err.h"
+#include "libmerge/dtype.h"
+#include "libmerge/source.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct lm_writer lm_writer;
+
+typedef struct lm_wtensor {
+    const char *name;              /* copied by lm_writer_open */
+    lm_dtype dtype;
+    int ndim;
+    int64_t shape[LM_MAX_DIMS];
+} lm_wtensor;
+
+typedef struct lm_kv {
+    const char *key;
+    const char *value;
+} lm_kv;
+
+typedef struct lm_writer_opts {
+    int version;                   /* LM_WRITER_OPTS_VERSION */
+    int keep_order;                /* 1: write tensors in the order given (default 0:
+                                      the reference writer's order, see lm_writer_open) */
+    const char *const *inputs;     /* paths the output must not be (refused: LM_EUSAGE) */
+    size_t n_inputs;
+} lm_writer_opts;
+#define LM_WRITER_OPTS_VERSION 1
+#define LM_WRITER_OPTS_INIT { LM_WRITER_OPTS_VERSION, 0, NULL, 0 }
+
+/* Opens a writer for path with n tensors and n_meta metadata pairs (meta may
+ * be NULL). The order in which data must then be supplied is the writer's
+ * order: lm_writer_tensor_index(w, k) names the k-th tensor to write. Unless
+ * opts->keep_order, that order is the reference writer's (safetensors
+ * Rust `prepare`: by dtype alignment descending, then name ascending).
+ * Errors: LM_EUSAGE (path is one of opts->inputs, same inode counts),
+ * LM_EIO (cannot create the temp file), LM_EINPUT (bad name/shape). */
+int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors, size_t n,
+                   const lm_kv *meta, size_t n_meta, const lm_writer_opts *opts, lm_err *err);
+
+/* Index (into the array given to lm_writer_open) of the k-th tensor to write. */
+size_t lm_writer_tensor_index(const lm_writer *w, size_t k);
+
+/* Appends nbytes of data for the current tensor (a tensor may be written in
+ * several calls). Writing past a tensor's size moves on to the next one.
+ * Errors: LM_EIO (ENOSPC, EFBIG, EIO: the temp file is removed), LM_EUSAGE
+ * (more bytes than the header declares). */
+int lm_writer_write(lm_writer *w, const void *data, size_t nbytes, lm_err *err);
+
+/* Checks every byte was written, fsyncs, renames into place, fsyncs the
+ * directory, frees w. On error the temp file is removed and w freed. */
+int lm_writer_commit(lm_writer *w, lm_err *err);
+
+/* Removes the temp file and frees w; safe on NULL. */
+void lm_writer_abort(lm_writer *w);
+
+/* Offset of the data area (8 + header length) the writer chose. */
+uint64_t lm_writer_data_start(const lm_writer *w);
+
+/* Temporary-file bookkeeping shared by every output writer: registers a path
+ * to unlink if the process is interrupted. lm_atomic_install_signal_handlers
+ * sets SIGINT/SIGTERM/SIGHUP handlers that unlink every registered path and
+ * exit with 128+signal. Commands call it once at start. */
+void lm_atomic_install_signal_handlers(void);
+int lm_atomic_register(const char *tmp_path);
+void lm_atomic_unregister(const char *tmp_path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
