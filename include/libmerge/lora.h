@@ -1,0 +1,108 @@
+/* libmerge/lora.h — LoRA files: naming conventions, modules, ΔW.
+ *
+ * A LoRA file is parsed into modules; each module is one layer's update with
+ * its factors (up/down, LoHa, LoKr, Tucker mid, full diff), its alpha and rank,
+ * and optional DoRA magnitude. ΔW of a module is computed in fp32 on
+ * cblas_sgemm with the module's scale (alpha/rank, or `.scale`) folded in.
+ *
+ * The low-rank update of LoRA (Hu et al. 2021): ΔW = up · down · (alpha / rank),
+ * up [out, r], down [r, in] (linear) or down [r, in, kh, kw], up [out, r, 1, 1]
+ * (conv). The LCM-LoRA paper (arXiv:2311.05556) calls a set of them τ.
+ *
+ * STATUS: contract written before the implementation (issue 4). The
+ * implementation lives in libmerge/lora/.
+ */
+#ifndef LIBMERGE_LORA_H
+#define LIBMERGE_LORA_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "libmerge/err.h"
+#include "libmerge/source.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum lm_lora_convention {
+    LM_LORA_UNKNOWN = 0,
+    LM_LORA_KOHYA,             /* lora_unet_… / lora_te_… / lora_te1_…, .lora_down/.lora_up/.alpha (also LyCORIS) */
+    LM_LORA_DIFFUSERS,         /* unet.….lora.down.weight, text_encoder.… (or no prefix) */
+    LM_LORA_DIFFUSERS_ATTNPROC,/* ….processor.to_q_lora.down.weight (diffusers ≤ 0.20) */
+    LM_LORA_PEFT               /* ….lora_A.weight / lora_B.weight, base_model.model. prefix */
+} lm_lora_convention;
+
+typedef enum lm_module_kind {
+    LM_MOD_LORA = 0,   /* up·down (linear, conv 1×1, conv k×k down with 1×1 up) */
+    LM_MOD_TUCKER,     /* LoCon with lora_mid: up, mid [r,r,kh,kw], down */
+    LM_MOD_LOHA,       /* (w1a·w1b) ⊙ (w2a·w2b), optionally with hada_t1/hada_t2 */
+    LM_MOD_LOKR,       /* w1 ⊗ w2, each full or as _a·_b factors, optional lokr_t2 */
+    LM_MOD_FULL        /* .diff (and .diff_b): ΔW stored whole */
+} lm_module_kind;
+
+typedef enum lm_component {
+    LM_COMP_UNET = 0,
+    LM_COMP_TE,        /* SD1.x/SD2.x text encoder, SDXL first text encoder */
+    LM_COMP_TE2        /* SDXL second text encoder (OpenCLIP bigG) */
+} lm_component;
+
+typedef struct lm_lora_module {
+    const char *name;        /* module name as in the file, factor suffix removed
+                                ("lora_unet_down_blocks_0_attentions_0_proj_in",
+                                 "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q") */
+    lm_module_kind kind;
+    lm_component component;
+    int rank;                /* inner dimension r; 0 for LM_MOD_FULL */
+    float alpha;             /* as stored; = rank when absent (scale 1) */
+    float scale;             /* what ΔW is multiplied by: alpha/rank, `.scale` when present,
+                                1 for full LoKr and diff */
+    int has_dora;            /* a dora_scale magnitude is present: not linear in λ */
+    int has_bias;            /* a .diff_b bias update is present */
+    int ndim;                /* ΔW's natural shape: 2 (linear) or 4 (conv) */
+    int64_t shape[4];        /* [out, in] or [out, in, kh, kw]; LoKr conv with 2-D factors
+                                gives [out, in·kh·kw] until reshaped onto its target */
+} lm_lora_module;
+
+typedef struct lm_lora lm_lora;
+
+/* Opens a LoRA file (safetensors, or a torch file through the PyTorch
+ * reader), detects its convention and groups its tensors into modules.
+ * Errors: those of lm_source_open; LM_EINPUT when the tensors do not form
+ * LoRA modules (a factor without its partner, rank disagreeing between up
+ * and down, alpha not a float scalar), naming the key. */
+int lm_lora_open(lm_lora **out, const char *path, const lm_open_opts *opts, lm_err *err);
+void lm_lora_close(lm_lora *l);
+
+lm_lora_convention lm_lora_convention_of(const lm_lora *l);
+const char *lm_lora_convention_name(lm_lora_convention c);
+const lm_source *lm_lora_source(const lm_lora *l);
+size_t lm_lora_count(const lm_lora *l);
+const lm_lora_module *lm_lora_module_at(const lm_lora *l, size_t i);
+
+/* Detects the naming convention of a source's tensor names without building
+ * modules (model-inspect uses it). LM_LORA_UNKNOWN when it is not a LoRA. */
+lm_lora_convention lm_lora_detect(const lm_source *s);
+
+/* ΔW of module i in fp32, scale folded in, written to dst (numel of
+ * module->shape floats, row-major). Errors: LM_EIO/LM_EINPUT from reading
+ * factors, LM_ENOMEM. */
+int lm_lora_delta(const lm_lora *l, size_t i, float *dst, lm_err *err);
+
+/* Bias update (.diff_b) of module i, out floats; LM_EUSAGE if !has_bias. */
+int lm_lora_delta_bias(const lm_lora *l, size_t i, float *dst, lm_err *err);
+
+/* Applies module i with weight λ to a base weight W (fp32, row-major,
+ * wshape/wndim the target's shape, rows [row0, row0+rows) of it when the
+ * target is a packed in_proj_weight, else row0 = 0, rows = wshape[0]).
+ * Plain modules: W += λ·ΔW, with ΔW reshaped onto the target when the
+ * element counts agree (linear [o,i] onto conv [o,i,1,1], LoKr 2-D onto 4-D).
+ * DoRA modules (not linear in λ, so applied one at a time, never summed):
+ * W' = m ⊙ V/‖V‖, V = W + λ·ΔW, the norm's axis taken from m's shape.
+ * Errors: LM_EMISMATCH naming both shapes when they cannot agree. */
+int lm_lora_apply(const lm_lora *l, size_t i, float lambda, float *W,
+                  const int64_t *wshape, int wndim, int64_t row0, int64_t rows, lm_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
