@@ -3,6 +3,7 @@
 #   make test            the whole suite; last line "N passed, N failed"
 #   make check-asan      the suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make check-valgrind  the C test programs under valgrind (leak-free)
+#   make fuzz            each libFuzzer harness for FUZZ_SECONDS (default 60; clang-14)
 #   make demo            the main job on bundled data (see README.md)
 #   make install PREFIX=/usr/local
 
@@ -44,7 +45,7 @@ TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/support/*.c))
 TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(BUILD)/%.o)
 
 .SECONDARY:
-.PHONY: all test check-asan check-valgrind demo install clean tests fuzz bench help
+.PHONY: all test check-asan check-valgrind demo install clean tests fuzz fuzz-build bench help
 all: $(LIBDIR)/libmerge.a $(LIBDIR)/libmerge.so $(CMDS)
 
 $(BUILD)/%.o: %.c
@@ -72,6 +73,11 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_SUPPORT_OBJ) $(LIBDIR)/libmerge.a
 
 tests: $(TESTS)
 
+# bench/NAME.c: standalone tools for `make demo` and bench/ (generators), linked against the library
+$(BUILD)/bench/%: bench/%.c $(LIBDIR)/libmerge.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIBDIR)/libmerge.a $(LDLIBS)
+
 test: all tests
 	@BUILD=$(BUILD) BIN=$(BINDIR) tests/run.sh
 
@@ -80,6 +86,27 @@ check-asan:
 
 check-valgrind: all tests
 	@BUILD=$(BUILD) BIN=$(BINDIR) SKIP_CLI=1 TEST_WRAP="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect" tests/run.sh
+
+# make fuzz: each libFuzzer harness tests/fuzz/fuzz_*.c for FUZZ_SECONDS on a corpus
+# in build-fuzz/corpus/ seeded from fixtures/ (tests/fuzz/run.sh). The library is
+# compiled with clang into build-fuzz/ (ASan + UBSan + fuzzer coverage). Exit status
+# non-zero on any crash, leak, hang or runaway allocation. Needs clang-14 and
+# libclang-rt-14-dev (apt-get); installs nothing.
+FUZZ_CC ?= clang-14
+FUZZ_SECONDS ?= 60
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_NAMES := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
+fuzz: fuzz-build
+	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh $(FUZZ_NAMES)
+
+fuzz-build:
+	@command -v $(FUZZ_CC) >/dev/null || { echo "$(FUZZ_CC) not found: apt-get install clang-14 libclang-rt-14-dev"; exit 1; }
+	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) WARN="-Wall -Wextra -Wno-unused-parameter" \
+	  SAN="$(FUZZ_SAN) -fsanitize=fuzzer-no-link" CFLAGS="-O1 -g" $(FUZZ_NAMES:%=build-fuzz/fuzz/%)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/targets.h $(LIBDIR)/libmerge.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $< $(LIBDIR)/libmerge.a $(LDLIBS)
 
 demo: all
 	bash bench/demo.sh
@@ -99,9 +126,9 @@ install: all
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libmerge.pc
 
 clean:
-	rm -rf build build-asan bin lib
+	rm -rf build build-asan build-fuzz bin lib
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,9p' Makefile
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
