@@ -1,0 +1,69 @@
+/* Activations, elementwise helpers, upsampling, softmax. */
+#include <math.h>
+#include <string.h>
+
+#include "libmerge/ops.h"
+
+void lm_silu(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+static inline float gelu1(float v) { return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)); }
+
+void lm_gelu(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = gelu1(x[i]);
+}
+
+void lm_quick_gelu(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+}
+
+void lm_geglu(const float *x, int64_t T, int F, float *y)
+{
+    for (int64_t t = 0; t < T; t++) {
+        const float *a = x + t * 2 * F, *g = a + F;
+        float *o = y + t * F;
+        for (int f = 0; f < F; f++) o[f] = a[f] * gelu1(g[f]);
+    }
+}
+
+void lm_add(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+void lm_add_channel(float *y, int C, int64_t HW, const float *v)
+{
+    for (int c = 0; c < C; c++) {
+        float *r = y + (size_t)c * HW;
+        float b = v[c];
+        for (int64_t i = 0; i < HW; i++) r[i] += b;
+    }
+}
+
+void lm_upsample_nearest2x(const float *x, int C, int H, int W, float *y)
+{
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < H; i++) {
+            const float *s = x + ((size_t)c * H + i) * W;
+            float *d = y + ((size_t)c * 2 * H + 2 * i) * 2 * W;
+            for (int j = 0; j < W; j++) d[2 * j] = d[2 * j + 1] = s[j];
+            memcpy(d + 2 * W, d, (size_t)2 * W * sizeof(float));
+        }
+}
+
+void lm_softmax_rows(float *x, int64_t rows, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *p = x + r * cols;
+        float m = -INFINITY;
+        for (int64_t i = 0; i < cols; i++) m = p[i] > m ? p[i] : m;
+        float s = 0.0f;
+        for (int64_t i = 0; i < cols; i++) { p[i] = expf(p[i] - m); s += p[i]; }
+        float inv = 1.0f / s;
+        for (int64_t i = 0; i < cols; i++) p[i] *= inv;
+    }
+}

@@ -1,0 +1,112 @@
+/* conv2d (im2col in slabs of output rows + sgemm, 1×1 as one sgemm), linear
+ * layers and the 1×1 projections between images and tokens. */
+#include <string.h>
+#include <cblas.h>
+
+#include "libmerge/ops.h"
+
+/* Upper bound on the im2col slab, in floats (16 MiB): large enough for
+ * sgemm to run at full speed, small enough to stay off the memory peak. */
+#define SLAB_FLOATS ((size_t)4 << 20)
+
+int64_t lm_conv2d_out_size(int64_t in, int k, int stride, int pad_lo, int pad_hi)
+{
+    int64_t span = in + pad_lo + pad_hi - k;
+    if (span < 0 || stride < 1) return 0;
+    return span / stride + 1;
+}
+
+/* col [C·k·k, rows·OW] for output rows [oy0, oy0+rows). Row index of col is
+ * (c·k + ky)·k + kx, which matches w [OC, C, k, k] read as [OC, C·k·k]. */
+static void im2col(const float *x, int C, int H, int W, int k, int stride, int pad_t, int pad_l,
+                   int oy0, int rows, int OW, float *col)
+{
+    size_t n = (size_t)rows * OW;
+    for (int c = 0; c < C; c++) {
+        const float *xc = x + (size_t)c * H * W;
+        for (int ky = 0; ky < k; ky++) {
+            for (int kx = 0; kx < k; kx++) {
+                float *dst = col + ((size_t)(c * k + ky) * k + kx) * n;
+                /* output columns whose input column lies inside [0, W) */
+                int ox_lo = 0, ox_hi = OW;   /* [ox_lo, ox_hi) */
+                while (ox_lo < OW && ox_lo * stride - pad_l + kx < 0) ox_lo++;
+                while (ox_hi > ox_lo && (ox_hi - 1) * stride - pad_l + kx >= W) ox_hi--;
+                for (int r = 0; r < rows; r++) {
+                    float *d = dst + (size_t)r * OW;
+                    int iy = (oy0 + r) * stride - pad_t + ky;
+                    if (iy < 0 || iy >= H) { memset(d, 0, (size_t)OW * sizeof(float)); continue; }
+                    const float *s = xc + (size_t)iy * W - pad_l + kx;
+                    for (int ox = 0; ox < ox_lo; ox++) d[ox] = 0.0f;
+                    if (stride == 1) {
+                        if (ox_hi > ox_lo)
+                            memcpy(d + ox_lo, s + ox_lo, (size_t)(ox_hi - ox_lo) * sizeof(float));
+                    } else {
+                        for (int ox = ox_lo; ox < ox_hi; ox++) d[ox] = s[(size_t)ox * stride];
+                    }
+                    for (int ox = ox_hi; ox < OW; ox++) d[ox] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *b,
+              int OC, int k, int stride, const int pad[4], float *y, lm_work *work)
+{
+    int64_t OH = lm_conv2d_out_size(H, k, stride, pad[0], pad[2]);
+    int64_t OW = lm_conv2d_out_size(W, k, stride, pad[1], pad[3]);
+    if (OH <= 0 || OW <= 0 || C <= 0 || OC <= 0)
+        return lm_err_set(NULL, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "empty convolution");
+    size_t P = (size_t)OH * OW;
+    if (k == 1 && stride == 1 && !pad[0] && !pad[1] && !pad[2] && !pad[3]) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, (int)P, C, 1.0f, w, C,
+                    x, (int)P, 0.0f, y, (int)P);
+    } else {
+        size_t K = (size_t)C * k * k;
+        size_t rows = SLAB_FLOATS / (K * (size_t)OW);
+        if (rows < 1) rows = 1;
+        if (rows > (size_t)OH) rows = (size_t)OH;
+        float *col = lm_work_get(work, K * rows * (size_t)OW);
+        if (!col) return LM_ENOMEM;
+        for (size_t oy = 0; oy < (size_t)OH; oy += rows) {
+            size_t r = rows < (size_t)OH - oy ? rows : (size_t)OH - oy;
+            im2col(x, C, H, W, k, stride, pad[0], pad[1], (int)oy, (int)r, (int)OW, col);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, (int)(r * OW), (int)K, 1.0f,
+                        w, (int)K, col, (int)(r * OW), 0.0f, y + oy * OW, (int)P);
+        }
+    }
+    if (b) lm_add_channel(y, OC, (int64_t)P, b);
+    return 0;
+}
+
+void lm_linear(const float *x, int64_t T, int in, const float *w, const float *b, int out,
+               float *y, int accumulate)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, out, in, 1.0f, x, in, w, in,
+                accumulate ? 1.0f : 0.0f, y, out);
+    if (b)
+        for (int64_t t = 0; t < T; t++) {
+            float *r = y + t * out;
+            for (int o = 0; o < out; o++) r[o] += b[o];
+        }
+}
+
+void lm_proj_to_tokens(const float *x, int C, int64_t HW, const float *w, const float *b,
+                       int out, float *y)
+{
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)HW, out, C, 1.0f, x, (int)HW, w, C,
+                0.0f, y, out);
+    if (b)
+        for (int64_t t = 0; t < HW; t++) {
+            float *r = y + t * out;
+            for (int o = 0; o < out; o++) r[o] += b[o];
+        }
+}
+
+void lm_proj_from_tokens(const float *x, int64_t HW, int C, const float *w, const float *b,
+                         int out, float *y, int accumulate)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, out, (int)HW, C, 1.0f, w, C, x, C,
+                accumulate ? 1.0f : 0.0f, y, (int)HW);
+    if (b) lm_add_channel(y, out, HW, b);
+}
