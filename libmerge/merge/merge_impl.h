@@ -1,0 +1,52 @@
+/* Internal to libmerge/merge: helpers shared by bake, lora-merge and extract. */
+#ifndef LIBMERGE_MERGE_IMPL_H
+#define LIBMERGE_MERGE_IMPL_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "libmerge/merge.h"
+#include "libmerge/writer.h"
+#include "libmerge/keymap.h"
+#include "libmerge/lora.h"
+
+/* SHA-256 of a whole file, lower-case hex (streamed in 4 MiB reads). Errors: LM_EIO. */
+int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err);
+
+/* AUTOMATIC1111's legacy short model hash: first 8 hex digits of the SHA-256 of the
+ * 64 KiB at byte 0x100000 (of the start of the file when it is shorter). "" on error. */
+void lmm_legacy_hash(const char *path, char out[9]);
+
+/* Refuses out when it names one of the inputs (same path text, or same device and
+ * inode when both exist). Errors: LM_EUSAGE. */
+int lmm_check_output(const char *out, const char *const *inputs, size_t n, lm_err *err);
+
+/* Growable list of owned metadata pairs, later handed to the writer as lm_kv. */
+typedef struct lmm_meta {
+    char **keys, **values;
+    size_t n, cap;
+} lmm_meta;
+int lmm_meta_set(lmm_meta *m, const char *key, const char *value);   /* replaces; LM_ENOMEM */
+const char *lmm_meta_get(const lmm_meta *m, const char *key);
+lm_kv *lmm_meta_kv(const lmm_meta *m);                               /* malloc'd view */
+void lmm_meta_free(lmm_meta *m);
+
+/* modelspec.architecture for a model / a LoRA of it ("stable-diffusion-v1",
+ * "stable-diffusion-v1/lora", …); NULL for an unknown architecture. */
+const char *lmm_modelspec_arch(lm_arch a, int lora);
+const char *lmm_modelspec_impl(lm_arch a);
+/* "YYYY-MM-DD" from SOURCE_DATE_EPOCH when set (reproducible builds), else today (UTC). */
+void lmm_date(char out[11]);
+/* Base name of a path without directories and without its last extension. */
+void lmm_title(const char *path, char *out, size_t n);
+const char *lmm_basename(const char *path);
+
+/* Number of worker threads for opts->threads (0: online CPUs, at most 64). */
+int lmm_threads(int requested);
+
+/* Normalised module key for matching LoRAs without a base (lora-merge):
+ * "<component>:<path with . → _>", convention prefixes and factor suffixes removed,
+ * attention-processor spellings (processor.to_q_lora, to_out_lora) mapped to the
+ * module path (to_q, to_out_0). Returns 0, or LM_EINPUT when name is too long. */
+int lmm_norm_module_name(const lm_lora_module *m, char *out, size_t n);
+
+#endif

@@ -1,0 +1,185 @@
+/* Small helpers of the merge module: file hashes, output-path refusal, metadata lists,
+ * ModelSpec names, thread count. See merge_impl.h. */
+#include "merge_impl.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <openssl/evp.h>
+
+static void to_hex(const unsigned char *d, size_t n, char *out)
+{
+    static const char hx[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) { out[2 * i] = hx[d[i] >> 4]; out[2 * i + 1] = hx[d[i] & 15]; }
+    out[2 * n] = 0;
+}
+
+int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "cannot open: %s", strerror(errno));
+#ifdef POSIX_FADV_SEQUENTIAL
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+#endif
+    size_t cap = 4u << 20;
+    unsigned char *buf = malloc(cap);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (!buf || !ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+        free(buf); EVP_MD_CTX_free(ctx); close(fd);
+        return lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "cannot start SHA-256");
+    }
+    uint64_t total = 0;
+    int rc = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf, cap);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) { rc = lm_err_set(err, LM_EIO, path, NULL, (int64_t)total, "read: %s", strerror(errno)); break; }
+        if (r == 0) break;
+        EVP_DigestUpdate(ctx, buf, (size_t)r);
+        total += (uint64_t)r;
+    }
+    unsigned char md[32];
+    unsigned int mdn = 0;
+    if (!rc) { EVP_DigestFinal_ex(ctx, md, &mdn); to_hex(md, 32, hex); if (bytes) *bytes = total; }
+    EVP_MD_CTX_free(ctx);
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+void lmm_legacy_hash(const char *path, char out[9])
+{
+    out[0] = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    unsigned char buf[0x10000];
+    ssize_t r = pread(fd, buf, sizeof buf, 0x100000);
+    if (r <= 0) r = pread(fd, buf, sizeof buf, 0);
+    close(fd);
+    if (r <= 0) return;
+    unsigned char md[32];
+    unsigned int mdn = 0;
+    if (EVP_Digest(buf, (size_t)r, md, &mdn, EVP_sha256(), NULL) != 1) return;
+    char hex[65];
+    to_hex(md, 32, hex);
+    memcpy(out, hex, 8);
+    out[8] = 0;
+}
+
+int lmm_check_output(const char *out, const char *const *inputs, size_t n, lm_err *err)
+{
+    struct stat so;
+    int have_out = stat(out, &so) == 0;
+    for (size_t i = 0; i < n; i++) {
+        struct stat si;
+        int same = !strcmp(out, inputs[i]);
+        if (!same && have_out && stat(inputs[i], &si) == 0)
+            same = si.st_dev == so.st_dev && si.st_ino == so.st_ino;
+        if (same)
+            return lm_err_set(err, LM_EUSAGE, out, NULL, LM_ERR_NO_OFFSET,
+                              "output is the input %s: refusing to overwrite an input", inputs[i]);
+    }
+    return 0;
+}
+
+int lmm_meta_set(lmm_meta *m, const char *key, const char *value)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if (!strcmp(m->keys[i], key)) {
+            char *v = strdup(value);
+            if (!v) return LM_ENOMEM;
+            free(m->values[i]);
+            m->values[i] = v;
+            return 0;
+        }
+    if (m->n == m->cap) {
+        size_t c = m->cap ? 2 * m->cap : 16;
+        char **k = realloc(m->keys, c * sizeof *k);
+        if (!k) return LM_ENOMEM;
+        m->keys = k;
+        char **v = realloc(m->values, c * sizeof *v);
+        if (!v) return LM_ENOMEM;
+        m->values = v;
+        m->cap = c;
+    }
+    m->keys[m->n] = strdup(key);
+    m->values[m->n] = strdup(value);
+    if (!m->keys[m->n] || !m->values[m->n]) { free(m->keys[m->n]); free(m->values[m->n]); return LM_ENOMEM; }
+    m->n++;
+    return 0;
+}
+
+const char *lmm_meta_get(const lmm_meta *m, const char *key)
+{
+    for (size_t i = 0; i < m->n; i++) if (!strcmp(m->keys[i], key)) return m->values[i];
+    return NULL;
+}
+
+lm_kv *lmm_meta_kv(const lmm_meta *m)
+{
+    lm_kv *kv = malloc((m->n ? m->n : 1) * sizeof *kv);
+    if (!kv) return NULL;
+    for (size_t i = 0; i < m->n; i++) { kv[i].key = m->keys[i]; kv[i].value = m->values[i]; }
+    return kv;
+}
+
+void lmm_meta_free(lmm_meta *m)
+{
+    for (size_t i = 0; i < m->n; i++) { free(m->keys[i]); free(m->values[i]); }
+    free(m->keys);
+    free(m->values);
+    memset(m, 0, sizeof *m);
+}
+
+const char *lmm_modelspec_arch(lm_arch a, int lora)
+{
+    /* ids of Stability AI's ModelSpec (the original model each architecture comes from) */
+    switch (a) {
+    case LM_ARCH_SD1: return lora ? "stable-diffusion-v1/lora" : "stable-diffusion-v1";
+    case LM_ARCH_SD2: return lora ? "stable-diffusion-v2-512/lora" : "stable-diffusion-v2-512";
+    case LM_ARCH_SDXL:
+    case LM_ARCH_SSD1B: return lora ? "stable-diffusion-xl-v1-base/lora" : "stable-diffusion-xl-v1-base";
+    default: return NULL;
+    }
+}
+
+const char *lmm_modelspec_impl(lm_arch a)
+{
+    return a == LM_ARCH_SDXL || a == LM_ARCH_SSD1B ? "https://github.com/Stability-AI/generative-models"
+                                                   : "diffusers";
+}
+
+void lmm_date(char out[11])
+{
+    time_t t = time(NULL);
+    const char *sde = getenv("SOURCE_DATE_EPOCH");
+    if (sde && *sde) t = (time_t)strtoll(sde, NULL, 10);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 11, "%Y-%m-%d", &tm);
+}
+
+const char *lmm_basename(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+void lmm_title(const char *path, char *out, size_t n)
+{
+    snprintf(out, n, "%s", lmm_basename(path));
+    char *dot = strrchr(out, '.');
+    if (dot && dot != out) *dot = 0;
+}
+
+int lmm_threads(int requested)
+{
+    if (requested > 0) return requested > 64 ? 64 : requested;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
