@@ -66,6 +66,7 @@ static void replay(void)
         rc = lmf_source(data, n, &err);
         if (allowed(rc)) rc = lmf_source_skip_unknown(data, n, &err);
     } else if (!strncmp(cur_file, "lora-", 5)) rc = lmf_lora(data, n, &err);
+    else if (!strncmp(cur_file, "tokenizer-", 10)) rc = lmf_tokenizer(data, n, &err);
     else known = 0;
     free(data);
     CHECK_MSG(known, "%s: file name names no parser (safetensors-, torch-, lora-, tokenizer-)", cur_file);

@@ -29,6 +29,7 @@
 #include "libmerge/lora.h"
 #include "libmerge/keymap.h"
 #include "libmerge/dtype.h"
+#include "libmerge/tokenizer.h"
 
 /* Tensors larger than this are not read back (the reader has already
  * validated their extent; reading gigabytes per input would only slow the
@@ -271,6 +272,56 @@ LMF_FN int lmf_lora(const uint8_t *data, size_t n, lm_err *err)
     }
     lm_lora_close(l);
     close(fd);
+    return rc;
+}
+
+/* Prompt: the CLIP tokenizer on the bytes as a prompt (NUL-terminated copy;
+ * lm_tokenizer_normalize also sees the raw bytes with any NULs). Checks that
+ * lm_tokenizer_encode is BOS + the first 75 ids of lm_tokenizer_content +
+ * EOS + padding, and that every id names a vocabulary token. */
+#define LMF_VOCAB "fixtures/golden/clip/bpe_simple_vocab_16e6.txt.gz"
+LMF_FN int lmf_tokenizer(const uint8_t *data, size_t n, lm_err *err)
+{
+    static lm_tokenizer *tok;
+    static int init;
+    if (!init) {
+        init = 1;
+        if (lm_tokenizer_open(&tok, LMF_VOCAB, NULL))
+            fprintf(stderr, "lmf: cannot load %s (run from the repository root)\n", LMF_VOCAB);
+    }
+    lm_err_clear(err);
+    char *out = NULL;
+    int rc = lm_tokenizer_normalize((const char *)data, n, &out, err);
+    lmf_check_err(rc, err);
+    free(out);
+    if (!tok) return rc;
+    char *p = malloc(n + 1);
+    if (!p) return 0;
+    memcpy(p, data, n);
+    p[n] = 0;
+    int32_t ids[LM_CLIP_CTX], *c = NULL;
+    size_t nc = 0, ncontent = 0;
+    lm_err_clear(err);
+    rc = lm_tokenizer_encode(tok, p, LM_CLIP_PAD_SD15, ids, &ncontent, err);
+    lmf_check_err(rc, err);
+    lm_err e2;
+    lm_err_clear(&e2);
+    int rc2 = lm_tokenizer_content(tok, p, &c, &nc, &e2);
+    lmf_check_err(rc2, &e2);
+    if ((rc == 0) != (rc2 == 0)) lmf_die("encode and content disagree on success", p);
+    if (rc == 0) {
+        size_t keep = nc < LM_CLIP_CTX - 2 ? nc : LM_CLIP_CTX - 2;
+        if (ncontent != nc) lmf_die("n_content differs from content length", p);
+        if (ids[0] != LM_CLIP_BOS || ids[1 + keep] != LM_CLIP_EOS) lmf_die("BOS/EOS misplaced", p);
+        for (size_t i = 0; i < keep; i++)
+            if (ids[1 + i] != c[i]) lmf_die("encode differs from content", p);
+        for (size_t i = keep + 2; i < LM_CLIP_CTX; i++)
+            if (ids[i] != LM_CLIP_PAD_SD15) lmf_die("bad padding", p);
+        for (size_t i = 0; i < nc; i++)
+            if (c[i] < 0 || c[i] >= LM_CLIP_VOCAB || !lm_tokenizer_token(tok, c[i])) lmf_die("id out of vocabulary", p);
+    }
+    free(c);
+    free(p);
     return rc;
 }
 
