@@ -39,6 +39,7 @@
  * Entries are handed out in data-offset order. Tensor bytes stay in the map
  * and may be unaligned: readers copy them out, nothing casts into the map. */
 #include "source_impl.h"
+#include "utf8.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -91,30 +92,6 @@ static void st_close(lm_source *s)
 }
 
 static const lm_source_ops st_ops = { st_read, st_raw, st_close };
-
-/* R4: strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF). Returns
- * the offset of the first bad byte, or n when the text is valid. */
-static size_t utf8_check(const unsigned char *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = p[i];
-        if (c < 0x80) { i++; continue; }
-        size_t len; unsigned min, cp;
-        if (c >= 0xc2 && c <= 0xdf) { len = 2; cp = c & 0x1f; min = 0x80; }
-        else if (c >= 0xe0 && c <= 0xef) { len = 3; cp = c & 0x0f; min = 0x800; }
-        else if (c >= 0xf0 && c <= 0xf4) { len = 4; cp = c & 0x07; min = 0x10000; }
-        else return i;
-        if (n - i < len) return i;
-        for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xc0) != 0x80) return i;
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
-        i += len;
-    }
-    return n;
-}
 
 /* A JSON string escape "\u0000" would end a cJSON string early (cJSON strings
  * are NUL-terminated), so two keys could compare equal that are not: refuse
@@ -310,7 +287,7 @@ static int check_layout(const char *path, const st_info *t, size_t n, uint64_t d
 static int parse_header(lm_source *s, const char *hdr, size_t n, uint64_t data_len, lm_err *err)
 {
     const char *path = s->path;
-    size_t bad = utf8_check((const unsigned char *)hdr, n);
+    size_t bad = lm_utf8_check((const unsigned char *)hdr, n);
     if (bad != n) return lm_err_set(err, LM_EINPUT, path, NULL, (int64_t)(8 + bad), "header is not valid UTF-8");
     const char *nul = memchr(hdr, 0, n);
     if (nul) return lm_err_set(err, LM_EINPUT, path, NULL, (int64_t)(8 + (nul - hdr)), "header contains a NUL byte");

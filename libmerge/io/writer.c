@@ -1,18 +1,579 @@
-/* Placeholder: the streaming safetensors writer (issue 2) replaces this file. */
+/* Streaming safetensors writer. See include/libmerge/writer.h.
+ *
+ * Byte layout matches the reference writer (huggingface/safetensors,
+ * safetensors/src/tensor.rs `prepare` + `serialize_to_file`):
+ *  - tensors sorted by dtype descending in the reference's Dtype enum order
+ *    (BOOL < U8 < I8 < F8_E5M2 < F8_E4M3 < I16 < U16 < F16 < BF16 < I32 < U32
+ *    < F32 < F64 < I64 < U64), then by name (bytewise), unless keep_order;
+ *  - the header is compact JSON as serde_json prints it: "__metadata__" first
+ *    (when there is metadata), then each tensor as
+ *    {"dtype":"F32","shape":[1,2],"data_offsets":[0,8]} in data order;
+ *  - the header is padded with spaces to a multiple of 8 bytes;
+ *  - data follows, tensor after tensor, no gaps.
+ * Strings are escaped as serde_json does: \" \\ \b \f \n \r \t, other
+ * control characters as \u00xx, everything else (UTF-8) as is.
+ *
+ * Durability: the file is written to "<dir>/.<name>.XXXXXX", fsync'd,
+ * renamed over the target, and the directory is fsync'd. Any failure removes
+ * the temporary file; the target is never partially written. */
 #include "libmerge/writer.h"
+#include "utf8.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define WR_BUF (8u << 20)   /* coalesce small writes into 8 MiB */
+
+typedef struct wr_tensor {
+    char *name;
+    lm_dtype dtype;
+    int ndim;
+    int64_t shape[LM_MAX_DIMS];
+    uint64_t nbytes;
+} wr_tensor;
+
+struct lm_writer {
+    char *path, *tmp;
+    int fd;
+    int failed;              /* LM_E* once a write failed: temp already removed */
+    wr_tensor *t;
+    size_t n;
+    size_t *order;           /* order[k] = index of the k-th tensor to write */
+    uint64_t data_start, data_len, written;
+    size_t cur;              /* k of the tensor being written (for messages) */
+    uint64_t cur_end;        /* data offset where tensor `cur` ends */
+    unsigned char *buf;
+    size_t buf_len;
+    char **inputs;
+    size_t n_inputs;
+};
+
+/* Rank of a dtype in the reference's Dtype enum (declaration order). */
+static int ref_rank(lm_dtype t)
+{
+    switch (t) {
+    case LM_DT_BOOL: return 0;
+    case LM_DT_U8: return 1;
+    case LM_DT_I8: return 2;
+    case LM_DT_F8_E5M2: return 3;
+    case LM_DT_F8_E4M3: return 4;
+    case LM_DT_I16: return 5;
+    case LM_DT_U16: return 6;
+    case LM_DT_F16: return 7;
+    case LM_DT_BF16: return 8;
+    case LM_DT_I32: return 9;
+    case LM_DT_U32: return 10;
+    case LM_DT_F32: return 11;
+    case LM_DT_F64: return 12;
+    case LM_DT_I64: return 13;
+    case LM_DT_U64: return 14;
+    default: return -1;
+    }
+}
+
+static int cmp_ref_order(const void *a, const void *b, void *ctx)
+{
+    const wr_tensor *t = ctx;
+    const wr_tensor *x = &t[*(const size_t *)a], *y = &t[*(const size_t *)b];
+    int rx = ref_rank(x->dtype), ry = ref_rank(y->dtype);
+    if (rx != ry) return ry - rx;   /* descending */
+    return strcmp(x->name, y->name);
+}
+
+/* ---- a growable string for the header ---- */
+typedef struct sbuf { char *p; size_t len, cap; int oom; } sbuf;
+
+static void sb_put(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) { b->oom = 1; return; }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+static void sb_u64(sbuf *b, uint64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
+    sb_put(b, tmp, (size_t)n);
+}
+
+/* JSON string with serde_json's escapes. */
+static void sb_json_str(sbuf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    sb_put(b, "\"", 1);
+    const char *run = s;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        const char *esc = NULL;
+        char u[7];
+        switch (c) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        default:
+            if (c < 0x20) {
+                memcpy(u, "\\u00", 4);
+                u[4] = hex[c >> 4];
+                u[5] = hex[c & 15];
+                u[6] = 0;
+                esc = u;
+            }
+        }
+        if (!esc) continue;
+        sb_put(b, run, (size_t)(s - run));
+        sb_str(b, esc);
+        run = s + 1;
+    }
+    sb_put(b, run, (size_t)(s - run));
+    sb_put(b, "\"", 1);
+}
+
+static int check_text(const char *path, const char *what, const char *s, lm_err *err)
+{
+    size_t n = strlen(s);
+    if (lm_utf8_check((const unsigned char *)s, n) != n)
+        return lm_err_set(err, LM_EINPUT, path, s, LM_ERR_NO_OFFSET, "%s is not valid UTF-8", what);
+    return 0;
+}
+
+static int cmp_cstr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Returns the first string that occurs twice, or NULL (*oom on failure). */
+static const char *find_dup(const char *const *v, size_t n, int *oom)
+{
+    *oom = 0;
+    if (n < 2) return NULL;
+    const char **s = malloc(n * sizeof *s);
+    if (!s) { *oom = 1; return NULL; }
+    memcpy(s, v, n * sizeof *s);
+    qsort(s, n, sizeof *s, cmp_cstr);
+    const char *d = NULL;
+    for (size_t i = 1; i < n && !d; i++) if (strcmp(s[i - 1], s[i]) == 0) d = s[i];
+    free(s);
+    return d;
+}
+
+/* Is `path` the same file as one of the inputs (same st_dev and st_ino, so
+ * hard links and symlinks count), or the same name? Returns the input or NULL. */
+static const char *same_as_input(const char *path, char *const *inputs, size_t n)
+{
+    struct stat out;
+    int have_out = stat(path, &out) == 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(inputs[i], path) == 0) return inputs[i];
+        struct stat in;
+        if (have_out && stat(inputs[i], &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino)
+            return inputs[i];
+    }
+    return NULL;
+}
+
+static void free_writer(lm_writer *w)
+{
+    if (!w) return;
+    if (w->t) for (size_t i = 0; i < w->n; i++) free(w->t[i].name);
+    if (w->inputs) for (size_t i = 0; i < w->n_inputs; i++) free(w->inputs[i]);
+    free(w->inputs);
+    free(w->t);
+    free(w->order);
+    free(w->buf);
+    free(w->path);
+    free(w->tmp);
+    free(w);
+}
+
+/* Closes and removes the temporary file (once). */
+static void drop_tmp(lm_writer *w)
+{
+    if (w->fd >= 0) { close(w->fd); w->fd = -1; }
+    if (w->tmp) {
+        unlink(w->tmp);
+        lm_atomic_unregister(w->tmp);
+        free(w->tmp);
+        w->tmp = NULL;
+    }
+}
+
+/* Records a failure: removes the temp file and returns the error. */
+static int fail(lm_writer *w, int rc)
+{
+    drop_tmp(w);
+    w->failed = rc;
+    return rc;
+}
+
+static int io_fail(lm_writer *w, lm_err *err, int e, const char *what)
+{
+    const char *key = (w->cur < w->n) ? w->t[w->order[w->cur]].name : NULL;
+    lm_err_set(err, LM_EIO, w->path, key, (int64_t)(w->data_start + w->written),
+               "%s: %s (temporary file removed)", what, strerror(e));
+    return fail(w, LM_EIO);
+}
+
+static int write_all(int fd, const unsigned char *p, size_t n)
+{
+    while (n) {
+        ssize_t k = write(fd, p, n > (1u << 30) ? (1u << 30) : n);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        if (k == 0) return EIO;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int flush_buf(lm_writer *w, lm_err *err)
+{
+    if (!w->buf_len) return 0;
+    int e = write_all(w->fd, w->buf, w->buf_len);
+    w->buf_len = 0;
+    if (e) return io_fail(w, err, e, "cannot write");
+    return 0;
+}
+
+/* Builds the header text (padded) for the tensors in w->order. */
+static int build_header(lm_writer *w, const lm_kv *meta, size_t n_meta, sbuf *h)
+{
+    sb_put(h, "{", 1);
+    int first = 1;
+    if (n_meta) {
+        sb_str(h, "\"__metadata__\":{");
+        for (size_t i = 0; i < n_meta; i++) {
+            if (i) sb_put(h, ",", 1);
+            sb_json_str(h, meta[i].key);
+            sb_put(h, ":", 1);
+            sb_json_str(h, meta[i].value);
+        }
+        sb_put(h, "}", 1);
+        first = 0;
+    }
+    uint64_t off = 0;
+    for (size_t k = 0; k < w->n; k++) {
+        const wr_tensor *t = &w->t[w->order[k]];
+        if (!first) sb_put(h, ",", 1);
+        first = 0;
+        sb_json_str(h, t->name);
+        sb_str(h, ":{\"dtype\":\"");
+        sb_str(h, lm_dtype_name(t->dtype));
+        sb_str(h, "\",\"shape\":[");
+        for (int d = 0; d < t->ndim; d++) {
+            if (d) sb_put(h, ",", 1);
+            sb_u64(h, (uint64_t)t->shape[d]);
+        }
+        sb_str(h, "],\"data_offsets\":[");
+        sb_u64(h, off);
+        sb_put(h, ",", 1);
+        if (__builtin_add_overflow(off, t->nbytes, &off)) return LM_EINPUT;
+        sb_u64(h, off);
+        sb_str(h, "]}");
+    }
+    sb_put(h, "}", 1);
+    while (h->len % 8) sb_put(h, " ", 1);  /* as `prepare` pads: to a multiple of 8 */
+    w->data_len = off;
+    return h->oom ? LM_ENOMEM : 0;
+}
+
+static int validate_tensor(const char *path, const lm_wtensor *t, uint64_t *nbytes, lm_err *err)
+{
+    if (!t->name) return lm_err_set(err, LM_EINPUT, path, NULL, LM_ERR_NO_OFFSET, "tensor without a name");
+    if (strcmp(t->name, "__metadata__") == 0)
+        return lm_err_set(err, LM_EINPUT, path, t->name, LM_ERR_NO_OFFSET, "\"__metadata__\" cannot name a tensor");
+    int rc = check_text(path, "tensor name", t->name, err);
+    if (rc) return rc;
+    if (lm_dtype_size(t->dtype) == 0)
+        return lm_err_set(err, LM_EINPUT, path, t->name, LM_ERR_NO_OFFSET, "invalid dtype");
+    if (t->ndim < 0 || t->ndim > LM_MAX_DIMS)
+        return lm_err_set(err, LM_EINPUT, path, t->name, LM_ERR_NO_OFFSET, "%d dimensions (0 to %d allowed)", t->ndim, LM_MAX_DIMS);
+    uint64_t numel = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        if (t->shape[d] < 0)
+            return lm_err_set(err, LM_EINPUT, path, t->name, LM_ERR_NO_OFFSET, "negative dimension %lld", (long long)t->shape[d]);
+        if (__builtin_mul_overflow(numel, (uint64_t)t->shape[d], &numel))
+            return lm_err_set(err, LM_EINPUT, path, t->name, LM_ERR_NO_OFFSET, "shape product overflows 64 bits");
+    }
+    if (__builtin_mul_overflow(numel, (uint64_t)lm_dtype_size(t->dtype), nbytes))
+        return lm_err_set(err, LM_EINPUT, path, t->name, LM_ERR_NO_OFFSET, "tensor byte size overflows 64 bits");
+    return 0;
+}
+
+static int validate_meta(const char *path, const lm_kv *meta, size_t n_meta, lm_err *err)
+{
+    for (size_t i = 0; i < n_meta; i++) {
+        if (!meta[i].key || !meta[i].value)
+            return lm_err_set(err, LM_EINPUT, path, meta[i].key, LM_ERR_NO_OFFSET, "metadata key or value is NULL");
+        int rc = check_text(path, "metadata key", meta[i].key, err);
+        if (!rc) rc = check_text(path, "metadata value", meta[i].value, err);
+        if (rc) return rc;
+    }
+    if (n_meta < 2) return 0;
+    const char **keys = malloc(n_meta * sizeof *keys);
+    if (!keys) return lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory");
+    for (size_t i = 0; i < n_meta; i++) keys[i] = meta[i].key;
+    int oom;
+    const char *dup = find_dup(keys, n_meta, &oom);
+    int rc = 0;
+    if (oom) rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory");
+    else if (dup) rc = lm_err_set(err, LM_EINPUT, path, dup, LM_ERR_NO_OFFSET, "duplicate metadata key");
+    free(keys);
+    return rc;
+}
+
+/* Creates "<dir>/.<base>.XXXXXX" next to path. */
+static int make_tmp(lm_writer *w, lm_err *err)
+{
+    char *a = strdup(w->path), *b = strdup(w->path);
+    if (!a || !b) { free(a); free(b); return lm_err_set(err, LM_ENOMEM, w->path, NULL, LM_ERR_NO_OFFSET, "out of memory"); }
+    const char *dir = dirname(a), *base = basename(b);
+    size_t n = strlen(dir) + strlen(base) + 16;
+    w->tmp = malloc(n);
+    if (!w->tmp) { free(a); free(b); return lm_err_set(err, LM_ENOMEM, w->path, NULL, LM_ERR_NO_OFFSET, "out of memory"); }
+    snprintf(w->tmp, n, "%s/.%s.XXXXXX", dir, base);
+    free(a);
+    free(b);
+    w->fd = mkostemp(w->tmp, O_CLOEXEC);
+    if (w->fd < 0) {
+        int e = errno;
+        free(w->tmp);
+        w->tmp = NULL;
+        return lm_err_set(err, LM_EIO, w->path, NULL, LM_ERR_NO_OFFSET, "cannot create a temporary file next to it: %s", strerror(e));
+    }
+    if (lm_atomic_register(w->tmp)) {
+        unlink(w->tmp);
+        close(w->fd);
+        w->fd = -1;
+        free(w->tmp);
+        w->tmp = NULL;
+        return lm_err_set(err, LM_ENOMEM, w->path, NULL, LM_ERR_NO_OFFSET, "too many temporary files open at once");
+    }
+    return 0;
+}
 
 int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors, size_t n,
                    const lm_kv *meta, size_t n_meta, const lm_writer_opts *opts, lm_err *err)
 {
-    (void)tensors; (void)n; (void)meta; (void)n_meta; (void)opts;
     *out = NULL;
-    return lm_err_set(err, LM_EUNSUPPORTED, path, NULL, LM_ERR_NO_OFFSET, "writer not built yet");
+    lm_writer_opts defaults = LM_WRITER_OPTS_INIT;
+    if (!opts) opts = &defaults;
+    if (!meta) n_meta = 0;
+    int rc;
+    lm_writer *w = calloc(1, sizeof *w);
+    if (!w || !(w->path = strdup(path))) { free(w); return lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); }
+    w->fd = -1;
+    if (opts->n_inputs) {
+        w->inputs = calloc(opts->n_inputs, sizeof *w->inputs);
+        if (!w->inputs) { rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto bad; }
+        w->n_inputs = opts->n_inputs;
+        for (size_t i = 0; i < opts->n_inputs; i++)
+            if (!(w->inputs[i] = strdup(opts->inputs[i]))) { rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto bad; }
+    }
+    const char *in = same_as_input(path, w->inputs, w->n_inputs);
+    if (in) { rc = lm_err_set(err, LM_EUSAGE, path, NULL, LM_ERR_NO_OFFSET, "refusing to overwrite input %s", in); goto bad; }
+
+    w->t = calloc(n ? n : 1, sizeof *w->t);
+    w->order = malloc((n ? n : 1) * sizeof *w->order);
+    const char **names = malloc((n ? n : 1) * sizeof *names);
+    if (!w->t || !w->order || !names) { free(names); rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto bad; }
+    w->n = n;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = validate_tensor(path, &tensors[i], &w->t[i].nbytes, err))) { free(names); goto bad; }
+        if (!(w->t[i].name = strdup(tensors[i].name))) { free(names); rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto bad; }
+        w->t[i].dtype = tensors[i].dtype;
+        w->t[i].ndim = tensors[i].ndim;
+        memcpy(w->t[i].shape, tensors[i].shape, sizeof w->t[i].shape);
+        w->order[i] = i;
+        names[i] = w->t[i].name;
+    }
+    int oom;
+    const char *dup = find_dup(names, n, &oom);
+    if (oom || dup) {
+        rc = oom ? lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory")
+                 : lm_err_set(err, LM_EINPUT, path, dup, LM_ERR_NO_OFFSET, "duplicate tensor name");
+        free(names);
+        goto bad;
+    }
+    free(names);
+    if ((rc = validate_meta(path, meta, n_meta, err))) goto bad;
+    if (!opts->keep_order && n > 1) {
+        qsort_r(w->order, n, sizeof *w->order, cmp_ref_order, w->t);
+    }
+
+    sbuf h = {0};
+    rc = build_header(w, meta, n_meta, &h);
+    if (rc) {
+        free(h.p);
+        rc = rc == LM_ENOMEM ? lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory")
+                             : lm_err_set(err, LM_EINPUT, path, NULL, LM_ERR_NO_OFFSET, "total data size overflows 64 bits");
+        goto bad;
+    }
+    w->data_start = 8 + h.len;
+    w->buf = malloc(WR_BUF);
+    if (!w->buf) { free(h.p); rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto bad; }
+
+    if ((rc = make_tmp(w, err))) { free(h.p); goto bad; }
+    /* reserve the space now: a full disk or a file-size limit fails here,
+     * before any work is done (filesystems without fallocate just skip it) */
+    uint64_t total = w->data_start + w->data_len;
+    if (total > (uint64_t)INT64_MAX) { free(h.p); rc = lm_err_set(err, LM_EINPUT, path, NULL, LM_ERR_NO_OFFSET, "file size overflows"); fail(w, rc); goto bad; }
+    if (fallocate(w->fd, 0, 0, (off_t)total) != 0 && errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
+        free(h.p);
+        rc = io_fail(w, err, errno, "cannot reserve space");
+        goto bad;
+    }
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++) le[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
+    /* the length and header go through the buffer with the first data */
+    if (8 + h.len <= WR_BUF) {
+        memcpy(w->buf, le, 8);
+        memcpy(w->buf + 8, h.p, h.len);
+        w->buf_len = 8 + h.len;
+    } else {
+        int e = write_all(w->fd, le, 8);
+        if (!e) e = write_all(w->fd, (const unsigned char *)h.p, h.len);
+        if (e) { free(h.p); rc = io_fail(w, err, e, "cannot write header"); goto bad; }
+    }
+    free(h.p);
+    w->cur = 0;
+    w->cur_end = n ? w->t[w->order[0]].nbytes : 0;
+    *out = w;
+    return 0;
+bad:
+    drop_tmp(w);
+    free_writer(w);
+    return rc;
 }
-size_t lm_writer_tensor_index(const lm_writer *w, size_t k) { (void)w; return k; }
-int lm_writer_write(lm_writer *w, const void *d, size_t n, lm_err *err) { (void)w; (void)d; (void)n; return lm_err_set(err, LM_EUNSUPPORTED, NULL, NULL, LM_ERR_NO_OFFSET, "writer not built yet"); }
-int lm_writer_commit(lm_writer *w, lm_err *err) { (void)w; return lm_err_set(err, LM_EUNSUPPORTED, NULL, NULL, LM_ERR_NO_OFFSET, "writer not built yet"); }
-void lm_writer_abort(lm_writer *w) { (void)w; }
-uint64_t lm_writer_data_start(const lm_writer *w) { (void)w; return 0; }
-void lm_atomic_install_signal_handlers(void) {}
-int lm_atomic_register(const char *p) { (void)p; return 0; }
-void lm_atomic_unregister(const char *p) { (void)p; }
+
+size_t lm_writer_tensor_index(const lm_writer *w, size_t k)
+{
+    return k < w->n ? w->order[k] : (size_t)-1;
+}
+
+uint64_t lm_writer_data_start(const lm_writer *w) { return w->data_start; }
+
+/* Moves w->cur to the tensor containing data offset w->written. */
+static void advance(lm_writer *w)
+{
+    while (w->cur + 1 < w->n && w->written >= w->cur_end) {
+        w->cur++;
+        w->cur_end += w->t[w->order[w->cur]].nbytes;
+    }
+}
+
+int lm_writer_write(lm_writer *w, const void *data, size_t nbytes, lm_err *err)
+{
+    if (w->failed)
+        return lm_err_set(err, w->failed, w->path, NULL, LM_ERR_NO_OFFSET, "writer already failed");
+    if (nbytes > w->data_len - w->written) {
+        lm_err_set(err, LM_EUSAGE, w->path, NULL, (int64_t)(w->data_start + w->written),
+                   "%zu bytes written past the %llu declared in the header (temporary file removed)",
+                   nbytes - (size_t)(w->data_len - w->written), (unsigned long long)w->data_len);
+        return fail(w, LM_EUSAGE);
+    }
+    const unsigned char *p = data;
+    if (w->buf_len + nbytes <= WR_BUF) {
+        memcpy(w->buf + w->buf_len, p, nbytes);
+        w->buf_len += nbytes;
+    } else {
+        int rc = flush_buf(w, err);
+        if (rc) return rc;
+        if (nbytes >= WR_BUF) {
+            int e = write_all(w->fd, p, nbytes);
+            if (e) return io_fail(w, err, e, "cannot write");
+        } else {
+            memcpy(w->buf, p, nbytes);
+            w->buf_len = nbytes;
+        }
+    }
+    w->written += nbytes;
+    advance(w);
+    return 0;
+}
+
+static int fsync_dir(const char *path)
+{
+    char *a = strdup(path);
+    if (!a) return ENOMEM;
+    int fd = open(dirname(a), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(a);
+    if (fd < 0) return errno;
+    int e = 0;
+    if (fsync(fd) != 0 && errno != EINVAL) e = errno;  /* some filesystems cannot fsync a directory */
+    close(fd);
+    return e;
+}
+
+int lm_writer_commit(lm_writer *w, lm_err *err)
+{
+    int rc = 0;
+    if (w->failed) {
+        rc = lm_err_set(err, w->failed, w->path, NULL, LM_ERR_NO_OFFSET, "writer already failed");
+        goto out;
+    }
+    if (w->written != w->data_len) {
+        size_t k = w->cur < w->n ? w->order[w->cur] : 0;
+        rc = lm_err_set(err, LM_EUSAGE, w->path, w->n ? w->t[k].name : NULL, LM_ERR_NO_OFFSET,
+                        "only %llu of %llu data bytes were written (temporary file removed)",
+                        (unsigned long long)w->written, (unsigned long long)w->data_len);
+        fail(w, rc);
+        goto out;
+    }
+    if ((rc = flush_buf(w, err))) goto out;
+    if (fsync(w->fd) != 0) { rc = io_fail(w, err, errno, "cannot fsync"); goto out; }
+    mode_t mask = umask(0);
+    umask(mask);
+    if (fchmod(w->fd, 0666 & ~mask) != 0) { rc = io_fail(w, err, errno, "cannot set permissions"); goto out; }
+    int fd = w->fd;
+    w->fd = -1;
+    if (close(fd) != 0) { rc = io_fail(w, err, errno, "cannot close"); goto out; }
+    const char *in = same_as_input(w->path, w->inputs, w->n_inputs);  /* again: it may have appeared */
+    if (in) {
+        rc = lm_err_set(err, LM_EUSAGE, w->path, NULL, LM_ERR_NO_OFFSET, "refusing to overwrite input %s", in);
+        fail(w, rc);
+        goto out;
+    }
+    if (rename(w->tmp, w->path) != 0) { rc = io_fail(w, err, errno, "cannot rename the temporary file into place"); goto out; }
+    lm_atomic_unregister(w->tmp);
+    free(w->tmp);
+    w->tmp = NULL;
+    int e = fsync_dir(w->path);
+    if (e) rc = lm_err_set(err, LM_EIO, w->path, NULL, LM_ERR_NO_OFFSET, "written, but cannot fsync its directory: %s", strerror(e));
+out:
+    drop_tmp(w);
+    free_writer(w);
+    return rc;
+}
+
+void lm_writer_abort(lm_writer *w)
+{
+    if (!w) return;
+    drop_tmp(w);
+    free_writer(w);
+}
