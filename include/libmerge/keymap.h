@@ -11,8 +11,7 @@
  * '_' back into '.': the forward map goes from the base model's real keys to
  * every LoRA spelling of them.
  *
- * STATUS: contract written before the implementation (issue 4). The
- * implementation lives in libmerge/keymap/.
+ * Implementation: libmerge/keymap/ (detect.c, layout*.c, keymap.c).
  */
 #ifndef LIBMERGE_KEYMAP_H
 #define LIBMERGE_KEYMAP_H
@@ -57,13 +56,59 @@ const char *lm_layout_name(lm_layout l);    /* "ldm", "diffusers", "unknown" */
  * shapes. Never fails: unsure gives LM_ARCH_UNKNOWN with a reason. */
 void lm_model_detect(const lm_source *s, lm_model_info *out);
 
+/* What lm_layout_convert_name reports through *reshape. */
+enum {
+    LM_RESHAPE_NONE = 0,
+    LM_RESHAPE_CONV1X1 = 1,   /* VAE mid attention q/k/v/proj_out: [C,C,1,1] conv (LDM) ↔ [C,C] linear
+                                 (diffusers): squeeze/unsqueeze the trailing 1×1 */
+    LM_RESHAPE_TRANSPOSE = 2  /* OpenCLIP text_projection [d,p] (used as x @ P) ↔ transformers'
+                                 text_projection.weight [p,d]: transpose */
+};
+
 /* Converts one tensor name between layouts for arch (UNet, VAE, text
  * encoders). Writes the converted name to out (n bytes). Returns 0, or
  * LM_EINPUT when name is not a tensor of that architecture's layout.
  * Shape changes that go with a layout change (VAE attention conv 1×1 ↔
- * linear) are reported through *reshape = 1 (caller squeezes/unsqueezes). */
+ * linear) are reported through *reshape = 1 (caller squeezes/unsqueezes).
+ *
+ * Diffusers-layout names come out with their component prefix ("unet.",
+ * "vae.", "text_encoder.", "text_encoder_2."); as input they may carry it or
+ * be bare component names ("down_blocks.…", "encoder.…", "text_model.…";
+ * a bare "text_model.…" is the first text encoder). LDM names are whole
+ * ("model.diffusion_model.…", "first_stage_model.…", "cond_stage_model.…",
+ * "conditioner.embedders.N.…"). from == to copies name unchanged.
+ * *reshape (may be NULL) gets an LM_RESHAPE_* value.
+ * Errors: LM_EINPUT (not a name of that architecture and layout: the rules
+ * are the block structure, e.g. SDXL has no down_blocks.0.attentions),
+ * LM_EUNSUPPORTED for real tensors no single name expresses: the packed
+ * OpenCLIP attn.in_proj_weight/in_proj_bias (SD2.x text encoder, SDXL's
+ * second encoder in the LDM layout) and self_attn.{q,k,v}_proj going the
+ * other way, logit_scale, position_ids of an OpenCLIP encoder — so
+ * model-convert refuses those encoders by name for now; LM_EUSAGE when
+ * out is too small or from/to is LM_LAYOUT_UNKNOWN.
+ * Rules: diffusers' convert_ldm_unet_checkpoint / convert_ldm_vae_checkpoint /
+ * convert_open_clip_checkpoint and scripts/convert_diffusers_to_original_*.py. */
 int lm_layout_convert_name(lm_arch arch, lm_layout from, lm_layout to, const char *name,
                            char *out, size_t n, int *reshape);
+
+/* The component a tensor name belongs to. */
+typedef enum lm_part {
+    LM_PART_NONE = 0,
+    LM_PART_UNET,
+    LM_PART_VAE,
+    LM_PART_TE,      /* SD1.x/SD2.x text encoder, SDXL's first */
+    LM_PART_TE2      /* SDXL's second text encoder */
+} lm_part;
+
+const char *lm_part_name(lm_part p);   /* "unet", "vae", "text_encoder", "text_encoder_2", "none" */
+
+/* Component of a diffusers-layout name, prefixed or bare (see
+ * lm_layout_convert_name); *inner (may be NULL) points into name after the
+ * component prefix. LM_PART_NONE when the name is of no known component. */
+lm_part lm_diffusers_part(const char *name, const char **inner);
+
+/* Component of an LDM-layout name (by prefix); LM_PART_NONE otherwise. */
+lm_part lm_ldm_part(const char *name);
 
 /* Where a LoRA module's ΔW goes. */
 typedef struct lm_target {
@@ -90,6 +135,27 @@ const lm_model_info *lm_keymap_info(const lm_keymap *m);
  * *n_unmatched (may be NULL) receives the count. */
 int lm_keymap_resolve(const lm_keymap *m, const lm_lora *lora, int allow_unmatched,
                       lm_target *targets, size_t *n_unmatched, lm_err *err);
+
+/* Looks up one module name (spelled as lm_lora_module.name: a LoRA tensor
+ * key without its factor suffix, e.g. "lora_unet_down_blocks_0_attentions_0_proj_in",
+ * "lora_te2_text_model_encoder_layers_0_self_attn_q_proj",
+ * "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora",
+ * "base_model.model.down_blocks.1.resnets.0.conv1"). comp is the component
+ * the LoRA parser assigned; it only decides where a bare "text_model.…" name
+ * goes (LM_COMP_TE2: the second encoder). Returns the base tensor index and
+ * fills *t (may be NULL), or -1 when no base weight has that spelling. */
+int64_t lm_keymap_find(const lm_keymap *m, const char *module_name, lm_component comp, lm_target *t);
+
+/* Checks that a ΔW of shape [ndim] fits target t: same leading dimension as
+ * t->rows and the same element count as rows × the target's other
+ * dimensions (so linear [o,i] fits conv [o,i,1,1] and LoKr's [o, i·kh·kw]
+ * fits [o,i,kh,kw]). Returns 0, or LM_EMISMATCH naming module, both shapes
+ * and the likely cause ("an SD1.x LoRA on an SDXL base?"). */
+int lm_keymap_check_fit(const lm_keymap *m, const char *module_name, const lm_target *t,
+                        int ndim, const int64_t *shape, lm_err *err);
+
+/* Number of distinct LoRA spellings in the map. */
+size_t lm_keymap_size(const lm_keymap *m);
 
 #ifdef __cplusplus
 }
