@@ -78,6 +78,13 @@ void lm_writer_abort(lm_writer *w);
 /* Offset of the data area (8 + header length) the writer chose. */
 uint64_t lm_writer_data_start(const lm_writer *w);
 
+/* Replaces the metadata given at open (all pairs, same order) with meta, rewriting
+ * the header in place; for values known only once the data is written (a hash of it),
+ * given at open as placeholders of the same length. Call before lm_writer_commit.
+ * Errors: LM_EUSAGE (the new header's padded length differs), LM_EINPUT (bad
+ * metadata), LM_EIO (write failed: the temp file is removed). */
+int lm_writer_update_meta(lm_writer *w, const lm_kv *meta, size_t n_meta, lm_err *err);
+
 /* Temporary-file bookkeeping shared by every output writer: registers a path
  * to unlink if the process is interrupted. lm_atomic_install_signal_handlers
  * sets SIGINT/SIGTERM/SIGHUP handlers that unlink every registered path and

@@ -478,6 +478,35 @@ size_t lm_writer_tensor_index(const lm_writer *w, size_t k)
 
 uint64_t lm_writer_data_start(const lm_writer *w) { return w->data_start; }
 
+/* Rebuilds the header with new metadata and rewrites it in place (lcm-bake: hashes
+ * computed while the data streams). Same length or LM_EUSAGE. */
+int lm_writer_update_meta(lm_writer *w, const lm_kv *meta, size_t n_meta, lm_err *err)
+{
+    if (w->failed) return lm_err_set(err, w->failed, w->path, NULL, LM_ERR_NO_OFFSET, "writer already failed");
+    int rc = validate_meta(w->path, meta, n_meta, err);
+    if (rc) return rc;
+    sbuf h = {0};
+    if (build_header(w, meta, n_meta, &h)) {
+        free(h.p);
+        return lm_err_set(err, LM_ENOMEM, w->path, NULL, LM_ERR_NO_OFFSET, "cannot rebuild the header");
+    }
+    if (8 + h.len != w->data_start) {
+        free(h.p);
+        return lm_err_set(err, LM_EUSAGE, w->path, NULL, LM_ERR_NO_OFFSET,
+                          "new metadata changes the header length (%zu bytes, was %llu)", h.len,
+                          (unsigned long long)(w->data_start - 8));
+    }
+    if ((rc = flush_buf(w, err))) { free(h.p); return rc; }
+    for (size_t off = 0; off < h.len;) {
+        ssize_t k = pwrite(w->fd, h.p + off, h.len - off, (off_t)(8 + off));
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) { int e = k < 0 ? errno : EIO; free(h.p); return io_fail(w, err, e, "cannot rewrite the header"); }
+        off += (size_t)k;
+    }
+    free(h.p);
+    return 0;
+}
+
 /* Moves w->cur to the tensor containing data offset w->written. */
 static void advance(lm_writer *w)
 {
