@@ -102,6 +102,11 @@ int manifest_source_add(lm_source *s, const char *json_path, const char *list_pa
     return rc;
 }
 
+int manifest_source_put(lm_source *s, const char *name, lm_dtype dt, int ndim, const int64_t *shape, lm_err *err)
+{
+    return lm_source_add(s, name, dt, ndim, shape, 0, NULL, err);
+}
+
 int manifest_source_open(lm_source **out, const char *json_path, const char *list_path,
                          const char *prefix, lm_err *err)
 {

@@ -19,6 +19,9 @@ int manifest_source_new(lm_source **out, const char *label, lm_err *err);
 int manifest_source_add(lm_source *s, const char *json_path, const char *list_path,
                         const char *name_field, const char *prefix, lm_err *err);
 
+/* Appends one entry (tests that build a source by hand). */
+int manifest_source_put(lm_source *s, const char *name, lm_dtype dt, int ndim, const int64_t *shape, lm_err *err);
+
 /* manifest_source_new + manifest_source_add with json_path as label. */
 int manifest_source_open(lm_source **out, const char *json_path, const char *list_path,
                          const char *prefix, lm_err *err);
