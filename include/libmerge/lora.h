@@ -9,8 +9,13 @@
  * up [out, r], down [r, in] (linear) or down [r, in, kh, kw], up [out, r, 1, 1]
  * (conv). The LCM-LoRA paper (arXiv:2311.05556) calls a set of them τ.
  *
- * STATUS: contract written before the implementation (issue 4). The
- * implementation lives in libmerge/lora/.
+ * Implementation: libmerge/lora/ (lora_parse.c names and groups tensors,
+ * lora_delta.c computes ΔW, lora_apply.c applies a module to a base weight).
+ * The full table of key suffixes per convention is in lora_parse.c.
+ *
+ * λ-combinations: plain modules are linear in λ, so Σ λ_k·ΔW_k may be
+ * summed before adding to W. DoRA modules are not (W′ = m ⊙ V/‖V‖ with
+ * V = W + λ·ΔW): bake them one at a time with lm_lora_apply, never sum them.
  */
 #ifndef LIBMERGE_LORA_H
 #define LIBMERGE_LORA_H
@@ -61,7 +66,25 @@ typedef struct lm_lora_module {
     int ndim;                /* ΔW's natural shape: 2 (linear) or 4 (conv) */
     int64_t shape[4];        /* [out, in] or [out, in, kh, kw]; LoKr conv with 2-D factors
                                 gives [out, in·kh·kw] until reshaped onto its target */
+    lm_lora_convention convention; /* this module's naming convention (a file may mix them) */
 } lm_lora_module;
+
+/* The tensors a module is made of (see the suffix table in lora_parse.c). */
+typedef enum lm_lora_factor {
+    LM_FAC_UP = 0,     /* lora_up / lora.up / lora_B / _lora.up: [out, r] or [out, r, 1, 1] */
+    LM_FAC_DOWN,       /* lora_down / lora.down / lora_A / _lora.down: [r, in] or [r, in, kh, kw] */
+    LM_FAC_MID,        /* lora_mid: [r, r, kh, kw] (LoCon Tucker core) */
+    LM_FAC_ALPHA,      /* alpha: float scalar, 0-dim or 1 element */
+    LM_FAC_SCALE,      /* scale: float scalar, overrides alpha/rank */
+    LM_FAC_HADA_W1A, LM_FAC_HADA_W1B, LM_FAC_HADA_W2A, LM_FAC_HADA_W2B,
+    LM_FAC_HADA_T1, LM_FAC_HADA_T2,
+    LM_FAC_LOKR_W1, LM_FAC_LOKR_W1A, LM_FAC_LOKR_W1B,
+    LM_FAC_LOKR_W2, LM_FAC_LOKR_W2A, LM_FAC_LOKR_W2B, LM_FAC_LOKR_T2,
+    LM_FAC_DORA,       /* dora_scale / lora_magnitude_vector: DoRA magnitude m */
+    LM_FAC_DIFF,       /* diff: ΔW stored whole */
+    LM_FAC_DIFF_B,     /* diff_b: bias update [out] */
+    LM_FAC_COUNT
+} lm_lora_factor;
 
 typedef struct lm_lora lm_lora;
 
@@ -73,11 +96,32 @@ typedef struct lm_lora lm_lora;
 int lm_lora_open(lm_lora **out, const char *path, const lm_open_opts *opts, lm_err *err);
 void lm_lora_close(lm_lora *l);
 
+/* As lm_lora_open on a source the caller already opened (model-inspect,
+ * tests). The source is borrowed: it must outlive the lm_lora, and the
+ * caller closes it after lm_lora_close. Same errors as lm_lora_open. */
+int lm_lora_from_source(lm_lora **out, const lm_source *src, lm_err *err);
+
 lm_lora_convention lm_lora_convention_of(const lm_lora *l);
 const char *lm_lora_convention_name(lm_lora_convention c);
 const lm_source *lm_lora_source(const lm_lora *l);
 size_t lm_lora_count(const lm_lora *l);
 const lm_lora_module *lm_lora_module_at(const lm_lora *l, size_t i);
+
+/* Source entry index of factor f of module i, or -1 when the module has
+ * none (lora-merge reads up/down through this). */
+int64_t lm_lora_factor_entry(const lm_lora *l, size_t i, lm_lora_factor f);
+
+/* The training algorithm the modules add up to: "lora" (up·down, linear or
+ * conv 1×1), "locon" (conv k×k or Tucker), "loha", "lokr", "full", "dora"
+ * (any module with a DoRA magnitude), "mixed" (several kinds). */
+const char *lm_lora_algo_name(const lm_lora *l);
+const char *lm_module_kind_name(lm_module_kind k);   /* "lora", "tucker", "loha", "lokr", "full" */
+const char *lm_component_name(lm_component c);      /* "unet", "te", "te2" */
+
+/* Tensors of the file that belong to no module (unknown suffix, or an
+ * alpha/scale without factors): they are skipped, and listed here. */
+size_t lm_lora_ignored_count(const lm_lora *l);
+const char *lm_lora_ignored_at(const lm_lora *l, size_t i);
 
 /* Detects the naming convention of a source's tensor names without building
  * modules (model-inspect uses it). LM_LORA_UNKNOWN when it is not a LoRA. */
