@@ -75,12 +75,13 @@ static int cmp_storage(const void *a, const void *b)
 
 void tt_sort_storages(tt_backend *be)
 {
-    qsort(be->st, be->n_st, sizeof *be->st, cmp_storage);
+    if (be->n_st) qsort(be->st, be->n_st, sizeof *be->st, cmp_storage);
 }
 
 tt_storage *tt_find_storage(const tt_backend *be, const char *key)
 {
     tt_storage probe = { .key = (char *)key };
+    if (!be->n_st) return NULL;
     return bsearch(&probe, be->st, be->n_st, sizeof *be->st, cmp_storage);
 }
 
