@@ -1,0 +1,254 @@
+/* UNet forward pass, one image at a time: diffusers' UNet2DConditionModel
+ * (down blocks with skips, mid block, up blocks concatenating [current,
+ * skip]) composed from ops.h. Activations are channels-first [C, H·W];
+ * transformer blocks work on tokens [H·W, C]. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sampler/unet_impl.h"
+
+#define GN_EPS_RESNET 1e-5f     /* norm_eps of resnets and conv_norm_out */
+#define GN_EPS_ATTN 1e-6f       /* Transformer2DModel's GroupNorm */
+#define LN_EPS 1e-5f
+
+static const int PAD1[4] = { 1, 1, 1, 1 }, PAD0[4] = { 0, 0, 0, 0 };
+
+typedef struct {
+    lm_unet *u;
+    const float *emb_silu;      /* SiLU(time embedding) [time_embed_dim] */
+    const float *ctx;           /* [L, context_dim] */
+    int L;
+    int n;                      /* batch index, for taps */
+} fwd;
+
+static void tap(fwd *f, const char *name, const float *x, int C, int H, int W)
+{
+    if (f->u->opts.tap) f->u->opts.tap(f->u->opts.tap_ctx, name, f->n, x, C, H, W);
+}
+
+static float *fbuf(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
+
+/* ResnetBlock2D: x [cin, H, W] → out [cout, H, W] */
+static int resnet(fwd *f, const u_resnet *r, const float *x, int H, int W, float *out)
+{
+    lm_unet *u = f->u;
+    int64_t HW = (int64_t)H * W;
+    int G = u->cfg.groups, rc = LM_ENOMEM;
+    float *a = fbuf((size_t)r->cin * HW), *h = fbuf((size_t)r->cout * HW);
+    float *t = fbuf((size_t)r->cout);
+    if (!a || !h || !t) goto done;
+    lm_group_norm(x, r->cin, HW, G, r->norm1.w, r->norm1.b, GN_EPS_RESNET, 1, a);
+    if ((rc = lm_conv2d(a, r->cin, H, W, r->conv1.w, r->conv1.b, r->cout, 3, 1, PAD1, h, &u->work))) goto done;
+    lm_linear(f->emb_silu, 1, u->cfg.time_embed_dim, r->temb.w, r->temb.b, r->cout, t, 0);
+    lm_add_channel(h, r->cout, HW, t);
+    lm_group_norm(h, r->cout, HW, G, r->norm2.w, r->norm2.b, GN_EPS_RESNET, 1, h);
+    if ((rc = lm_conv2d(h, r->cout, H, W, r->conv2.w, r->conv2.b, r->cout, 3, 1, PAD1, out, &u->work))) goto done;
+    if (r->shortcut.w) {
+        /* 1×1 shortcut: h is free again and large enough */
+        if ((rc = lm_conv2d(x, r->cin, H, W, r->shortcut.w, r->shortcut.b, r->cout, 1, 1, PAD0, h, &u->work))) goto done;
+        lm_add(out, h, (size_t)r->cout * HW);
+    } else {
+        lm_add(out, x, (size_t)r->cout * HW);
+    }
+    rc = 0;
+done:
+    free(a); free(h); free(t);
+    return rc;
+}
+
+/* Attention (self or cross) of one BasicTransformerBlock: tokens n [HW, C]
+ * (normed) → h += to_out(attention) */
+static int tblock(fwd *f, const u_transformer *tr, const u_tblock *k, float *h, int64_t T)
+{
+    lm_unet *u = f->u;
+    int C = tr->C, X = u->cfg.context_dim, heads = tr->heads, dh = C / heads, L = f->L;
+    float scale = 1.0f / sqrtf((float)dh);
+    int rc = LM_ENOMEM;
+    float *n = fbuf((size_t)T * C), *att = fbuf((size_t)T * C);
+    float *qkv = fbuf((size_t)T * 3 * C), *kv = fbuf((size_t)L * 2 * C);
+    float *ff = fbuf((size_t)T * 8 * C), *g = fbuf((size_t)T * 4 * C);
+    if (!n || !att || !qkv || !kv || !ff || !g) goto done;
+    /* self-attention: one projection to [T, 3C] = [q | k | v] */
+    lm_layer_norm(h, T, C, k->norm1.w, k->norm1.b, LN_EPS, n);
+    lm_linear(n, T, C, k->qkv.w, NULL, 3 * C, qkv, 0);
+    if ((rc = lm_attention(qkv, 3 * C, qkv + C, 3 * C, qkv + 2 * C, 3 * C, T, T, heads, dh, scale, 0,
+                           att, C, &u->work)))
+        goto done;
+    lm_linear(att, T, C, k->out1.w, k->out1.b, C, h, 1);
+    /* cross-attention on the context: k, v [L, 2C] */
+    lm_layer_norm(h, T, C, k->norm2.w, k->norm2.b, LN_EPS, n);
+    lm_linear(n, T, C, k->q2.w, NULL, C, qkv, 0);
+    lm_linear(f->ctx, L, X, k->kv2.w, NULL, 2 * C, kv, 0);
+    if ((rc = lm_attention(qkv, C, kv, 2 * C, kv + C, 2 * C, T, L, heads, dh, scale, 0, att, C, &u->work)))
+        goto done;
+    lm_linear(att, T, C, k->out2.w, k->out2.b, C, h, 1);
+    /* feed-forward: GEGLU */
+    lm_layer_norm(h, T, C, k->norm3.w, k->norm3.b, LN_EPS, n);
+    lm_linear(n, T, C, k->ff1.w, k->ff1.b, 8 * C, ff, 0);
+    lm_geglu(ff, T, 4 * C, g);
+    lm_linear(g, T, 4 * C, k->ff2.w, k->ff2.b, C, h, 1);
+    rc = 0;
+done:
+    free(n); free(att); free(qkv); free(kv); free(ff); free(g);
+    return rc;
+}
+
+/* Transformer2DModel, in place on x [C, H, W] (residual included) */
+static int transformer(fwd *f, const u_transformer *tr, float *x, int H, int W)
+{
+    int64_t T = (int64_t)H * W;
+    int C = tr->C, rc = LM_ENOMEM;
+    float *a = fbuf((size_t)C * T), *h = fbuf((size_t)T * C);
+    if (!a || !h) goto done;
+    lm_group_norm(x, C, T, f->u->cfg.groups, tr->norm.w, tr->norm.b, GN_EPS_ATTN, 0, a);
+    lm_proj_to_tokens(a, C, T, tr->proj_in.w, tr->proj_in.b, C, h);
+    for (int d = 0; d < tr->depth; d++)
+        if ((rc = tblock(f, tr, &tr->blocks[d], h, T))) goto done;
+    lm_proj_from_tokens(h, T, C, tr->proj_out.w, tr->proj_out.b, C, x, 1);
+    rc = 0;
+done:
+    free(a); free(h);
+    return rc;
+}
+
+typedef struct { float *p; int C; } skip_t;
+
+static int forward_one(fwd *f, const float *x, int H, int W, float t, float *eps)
+{
+    lm_unet *u = f->u;
+    const lm_unet_config *g = &u->cfg;
+    int L = g->levels, rc = LM_ENOMEM, ns = 0, C = g->channels[0];
+    skip_t skips[3 * LM_UNET_MAX_LEVELS + 2];
+    float *h = NULL, *o = NULL;
+    /* time embedding */
+    float *tp = fbuf((size_t)g->time_proj_dim), *e1 = fbuf((size_t)g->time_embed_dim);
+    float *emb = fbuf((size_t)g->time_embed_dim);
+    if (!tp || !e1 || !emb) goto done;
+    lm_timestep_embedding(&t, 1, g->time_proj_dim, 1, 0.0f, 10000.0f, tp);
+    tap(f, "time_proj", tp, g->time_proj_dim, 1, 1);
+    lm_linear(tp, 1, g->time_proj_dim, u->time1.w, u->time1.b, g->time_embed_dim, e1, 0);
+    lm_silu(e1, (size_t)g->time_embed_dim);
+    lm_linear(e1, 1, g->time_embed_dim, u->time2.w, u->time2.b, g->time_embed_dim, emb, 0);
+    tap(f, "time_embedding", emb, g->time_embed_dim, 1, 1);
+    lm_silu(emb, (size_t)g->time_embed_dim);
+    f->emb_silu = emb;
+
+    h = fbuf((size_t)C * H * W);
+    if (!h) goto done;
+    if ((rc = lm_conv2d(x, g->in_channels, H, W, u->conv_in.w, u->conv_in.b, C, 3, 1, PAD1, h, &u->work))) goto done;
+    tap(f, "conv_in", h, C, H, W);
+    skips[ns++] = (skip_t){ h, C };
+    char name[32];
+    for (int i = 0; i < L; i++) {
+        const u_block *b = &u->down[i];
+        for (int j = 0; j < b->n_res; j++) {
+            const u_resnet *r = &b->res[j];
+            o = fbuf((size_t)r->cout * H * W);
+            if (!o) { rc = LM_ENOMEM; goto done; }
+            if ((rc = resnet(f, r, h, H, W, o))) goto done;
+            if (b->attn[j].depth && (rc = transformer(f, &b->attn[j], o, H, W))) goto done;
+            h = o; o = NULL; C = r->cout;
+            skips[ns++] = (skip_t){ h, C };
+        }
+        if (b->sample.w) {
+            int OH = (H + 1) / 2, OW = (W + 1) / 2;
+            o = fbuf((size_t)C * OH * OW);
+            if (!o) { rc = LM_ENOMEM; goto done; }
+            if ((rc = lm_conv2d(h, C, H, W, b->sample.w, b->sample.b, C, 3, 2, PAD1, o, &u->work))) goto done;
+            h = o; o = NULL; H = OH; W = OW;
+            skips[ns++] = (skip_t){ h, C };
+        }
+        snprintf(name, sizeof name, "down_blocks.%d", i);
+        tap(f, name, h, C, H, W);
+    }
+    /* mid block: h is the last skip and must survive, so work on a copy */
+    o = fbuf((size_t)C * H * W);
+    if (!o) { rc = LM_ENOMEM; goto done; }
+    if ((rc = resnet(f, &u->mid_res[0], h, H, W, o))) goto done;
+    h = o; o = NULL;
+    if (u->mid_attn.depth && (rc = transformer(f, &u->mid_attn, h, H, W))) goto done;
+    o = fbuf((size_t)C * H * W);
+    if (!o) { rc = LM_ENOMEM; goto done; }
+    if ((rc = resnet(f, &u->mid_res[1], h, H, W, o))) goto done;
+    free(h); h = o; o = NULL;
+    tap(f, "mid_block", h, C, H, W);
+    for (int i = 0; i < L; i++) {
+        const u_block *b = &u->up[i];
+        for (int j = 0; j < b->n_res; j++) {
+            const u_resnet *r = &b->res[j];
+            skip_t s = skips[--ns];
+            size_t HW = (size_t)H * W;
+            float *cat = fbuf((size_t)(C + s.C) * HW);
+            if (!cat) { rc = LM_ENOMEM; goto done; }
+            memcpy(cat, h, (size_t)C * HW * sizeof *cat);
+            memcpy(cat + (size_t)C * HW, s.p, (size_t)s.C * HW * sizeof *cat);
+            free(h); h = cat;
+            free(s.p); skips[ns].p = NULL;
+            o = fbuf((size_t)r->cout * HW);
+            if (!o) { rc = LM_ENOMEM; goto done; }
+            if ((rc = resnet(f, r, h, H, W, o))) goto done;
+            if (b->attn[j].depth && (rc = transformer(f, &b->attn[j], o, H, W))) goto done;
+            free(h); h = o; o = NULL; C = r->cout;
+        }
+        if (b->sample.w) {
+            float *up = fbuf((size_t)C * 4 * H * W);
+            if (!up) { rc = LM_ENOMEM; goto done; }
+            lm_upsample_nearest2x(h, C, H, W, up);
+            H *= 2; W *= 2;
+            free(h); h = up;
+            o = fbuf((size_t)C * H * W);
+            if (!o) { rc = LM_ENOMEM; goto done; }
+            if ((rc = lm_conv2d(h, C, H, W, b->sample.w, b->sample.b, C, 3, 1, PAD1, o, &u->work))) goto done;
+            free(h); h = o; o = NULL;
+        }
+        snprintf(name, sizeof name, "up_blocks.%d", i);
+        tap(f, name, h, C, H, W);
+    }
+    lm_group_norm(h, C, (int64_t)H * W, g->groups, u->norm_out.w, u->norm_out.b, GN_EPS_RESNET, 0, h);
+    tap(f, "conv_norm_out", h, C, H, W);
+    lm_silu(h, (size_t)C * H * W);
+    rc = lm_conv2d(h, C, H, W, u->conv_out.w, u->conv_out.b, g->out_channels, 3, 1, PAD1, eps, &u->work);
+done:
+    /* skips alias h only while h has not moved on; free each buffer once */
+    for (int i = 0; i < ns; i++) if (skips[i].p != h) free(skips[i].p);
+    free(h); free(o); free(tp); free(e1); free(emb);
+    return rc;
+}
+
+int lm_unet_forward(lm_unet *u, const float *latent, int N, int h, int w,
+                    const float *timesteps, const float *context, int ctx_len,
+                    const float *y, float *eps, lm_err *err)
+{
+    const lm_unet_config *g = &u->cfg;
+    int m = 1 << (g->levels - 1);
+    if (N < 1 || h < 1 || w < 1 || h % m || w % m)
+        return lm_err_set(err, LM_EUSAGE, NULL, "latent", LM_ERR_NO_OFFSET,
+                          "latent %dx%d: sides must be multiples of %d", h, w, m);
+    if (ctx_len < 1)
+        return lm_err_set(err, LM_EUSAGE, NULL, "context", LM_ERR_NO_OFFSET, "empty context");
+    if (g->adm_in_channels && !y)
+        return lm_err_set(err, LM_EUSAGE, NULL, "y", LM_ERR_NO_OFFSET,
+                          "this UNet needs the added conditioning y [N, %d]", g->adm_in_channels);
+    size_t in_n = (size_t)g->in_channels * h * w, out_n = (size_t)g->out_channels * h * w;
+    for (int n = 0; n < N; n++) {
+        fwd f = { u, NULL, context + (size_t)n * ctx_len * g->context_dim, ctx_len, n };
+        int rc;
+        if (g->adm_in_channels) {
+            /* SDXL: emb += linear_2(SiLU(linear_1(y))) — folded in by forward_add */
+            rc = LM_EUNSUPPORTED;
+            return lm_err_set(err, rc, NULL, "add_embedding", LM_ERR_NO_OFFSET,
+                              "SDXL added conditioning is not implemented yet");
+        }
+        rc = forward_one(&f, latent + n * in_n, h, w, timesteps[n], eps + n * out_n);
+        if (rc) return lm_err_set(err, rc, NULL, NULL, LM_ERR_NO_OFFSET, "UNet forward: %s", lm_err_name(rc));
+    }
+    return 0;
+}
+
+double lm_unet_flops(const lm_unet *u, int h, int w, int ctx_len)
+{
+    (void)u; (void)h; (void)w; (void)ctx_len;
+    return 0.0;
+}
