@@ -1,7 +1,11 @@
-/* dtype names, sizes and scalar conversions (portable reference path).
- * Rounding: round to nearest, ties to even, as IEEE 754 and torch's .to() do. */
+/* dtype names, sizes, scalar conversions (the portable reference path) and
+ * bulk conversions (fp16/bf16 through the run-time dispatched kernels of
+ * dtype_simd.c, bit-identical to the scalar code).
+ * Rounding: round to nearest, ties to even, as IEEE 754 and torch's .to() do;
+ * every conversion rounds once (F64 sources included). */
 #include "libmerge/dtype.h"
 #include "libmerge/err.h"
+#include "dtype_simd.h"
 
 #include <math.h>
 #include <string.h>
@@ -55,7 +59,9 @@ float lm_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-    if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (mant << 13));
+    /* NaN comes out quiet with its payload kept, as IEEE 754 conversions and
+     * the F16C instruction vcvtph2ps do (the SIMD path must match bit for bit) */
+    if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (mant ? 0x400000u : 0) | (mant << 13));
     if (exp == 0) {
         /* zero or subnormal: mant × 2^-24, exact in fp32 */
         float v = (float)mant * (1.0f / 16777216.0f);
@@ -160,7 +166,7 @@ uint8_t lm_f32_to_f8e5m2(float f, int *overflow)
     if (isinf(a)) return (uint8_t)(sign | 0x7cu);
     float r = round_small_float(a, 2, -14);
     if (r > 57344.0f) { if (overflow) *overflow = 1; return (uint8_t)(sign | 0x7cu); }
-    return (uint8_t)(lm_f32_to_f16(f < 0 ? -r : r) >> 8); /* exact: r fits e5m2 */
+    return (uint8_t)(sign | (lm_f32_to_f16(r) >> 8)); /* exact: r fits e5m2; keeps -0 */
 }
 
 #define LOAD(T, p, i) ({ T v_; memcpy(&v_, (const char *)(p) + (i) * sizeof(T), sizeof(T)); v_; })
@@ -170,8 +176,14 @@ int lm_convert_to_f32(float *dst, const void *src, lm_dtype from, size_t n)
     const unsigned char *b = src;
     switch (from) {
     case LM_DT_F32: memcpy(dst, src, n * 4); return 0;
-    case LM_DT_F16: for (size_t i = 0; i < n; i++) dst[i] = lm_f16_to_f32(LOAD(uint16_t, b, i)); return 0;
-    case LM_DT_BF16: for (size_t i = 0; i < n; i++) dst[i] = lm_bf16_to_f32(LOAD(uint16_t, b, i)); return 0;
+    case LM_DT_F16:
+        if (lm_dtype_simd_available()) lm_f16_to_f32_n_avx2(dst, src, n);
+        else lm_f16_to_f32_n_portable(dst, src, n);
+        return 0;
+    case LM_DT_BF16:
+        if (lm_dtype_simd_available()) lm_bf16_to_f32_n_avx2(dst, src, n);
+        else lm_bf16_to_f32_n_portable(dst, src, n);
+        return 0;
     case LM_DT_F64: for (size_t i = 0; i < n; i++) dst[i] = (float)LOAD(double, b, i); return 0;
     case LM_DT_F8_E4M3: for (size_t i = 0; i < n; i++) dst[i] = lm_f8e4m3_to_f32(b[i]); return 0;
     case LM_DT_F8_E5M2: for (size_t i = 0; i < n; i++) dst[i] = lm_f8e5m2_to_f32(b[i]); return 0;
@@ -195,19 +207,9 @@ int64_t lm_convert_from_f32(void *dst, lm_dtype to, const float *src, size_t n)
     switch (to) {
     case LM_DT_F32: memcpy(dst, src, n * 4); return 0;
     case LM_DT_F16:
-        for (size_t i = 0; i < n; i++) {
-            uint16_t h = lm_f32_to_f16(src[i]);
-            over += ((h & 0x7fffu) == 0x7c00u) && isfinite(src[i]);
-            memcpy(b + 2 * i, &h, 2);
-        }
-        return over;
+        return lm_dtype_simd_available() ? lm_f32_to_f16_n_avx2(dst, src, n) : lm_f32_to_f16_n_portable(dst, src, n);
     case LM_DT_BF16:
-        for (size_t i = 0; i < n; i++) {
-            uint16_t h = lm_f32_to_bf16(src[i]);
-            over += ((h & 0x7fffu) == 0x7f80u) && isfinite(src[i]);
-            memcpy(b + 2 * i, &h, 2);
-        }
-        return over;
+        return lm_dtype_simd_available() ? lm_f32_to_bf16_n_avx2(dst, src, n) : lm_f32_to_bf16_n_portable(dst, src, n);
     case LM_DT_F64:
         for (size_t i = 0; i < n; i++) { double d = src[i]; memcpy(b + 8 * i, &d, 8); }
         return 0;
@@ -221,10 +223,70 @@ int64_t lm_convert_from_f32(void *dst, lm_dtype to, const float *src, size_t n)
     }
 }
 
+/* Rounds a finite, non-negative double once, to nearest even, onto a binary
+ * float format with `mbits` explicit mantissa bits and minimum normal
+ * exponent emin (no upper bound: the caller checks the maximum). a / q and
+ * r * q only scale by powers of two, so they are exact. */
+static double round_double(double a, int mbits, int emin)
+{
+    if (a == 0.0) return 0.0;
+    int e;
+    frexp(a, &e);
+    e -= 1;
+    if (e < emin) e = emin;
+    double q = ldexp(1.0, e - mbits);
+    return nearbyint(a / q) * q;
+}
+
+/* F64 -> F16/BF16/F8 rounded once from the double (going through fp32 first
+ * would round twice: 1 + 2^-11 + 2^-40 would become the tie 1 + 2^-11 in
+ * fp32 and then 1.0 in fp16 instead of 1 + 2^-10). The once-rounded value
+ * is exact in fp32, so the fp32 encoders finish the job without rounding. */
+static int64_t convert_from_f64(unsigned char *d, lm_dtype to, const unsigned char *s, size_t n)
+{
+    int mbits, emin;
+    double max;
+    switch (to) {
+    case LM_DT_F16: mbits = 10; emin = -14; max = 65504.0; break;
+    case LM_DT_BF16: mbits = 7; emin = -126; max = 0x1.fep127; break;
+    case LM_DT_F8_E4M3: mbits = 3; emin = -6; max = 448.0; break;
+    case LM_DT_F8_E5M2: mbits = 2; emin = -14; max = 57344.0; break;
+    default: mbits = 0; emin = 0; max = 0; break;
+    }
+    int64_t over = 0;
+    size_t ts = lm_dtype_size(to);
+    for (size_t i = 0; i < n; i++) {
+        double x = LOAD(double, s, i);
+        float f;
+        if (to == LM_DT_F32) {
+            f = (float)x;   /* one IEEE rounding */
+            over += isinf(f) && isfinite(x);
+            memcpy(d + 4 * i, &f, 4);
+            continue;
+        }
+        if (!isfinite(x)) {
+            f = (float)x;   /* Inf stays Inf; NaN stays NaN (top payload bits kept) */
+        } else {
+            double r = round_double(fabs(x), mbits, emin);
+            if (r > max) {
+                over++;
+                f = INFINITY;   /* the encoders map it to Inf, or NaN for F8_E4M3 */
+            } else {
+                f = (float)r;
+            }
+            if (signbit(x)) f = -f;
+        }
+        int64_t o = lm_convert_from_f32(d + ts * i, to, &f, 1);
+        if (o < 0) return o;
+    }
+    return over;
+}
+
 int64_t lm_convert(void *dst, lm_dtype to, const void *src, lm_dtype from, size_t n)
 {
     if (!lm_dtype_is_float(to) || !lm_dtype_is_float(from)) return LM_EUNSUPPORTED;
     if (to == from) { memcpy(dst, src, n * lm_dtype_size(to)); return 0; }
+    if (from == LM_DT_F64) return convert_from_f64(dst, to, src, n);
     float buf[1024];
     int64_t over = 0;
     const unsigned char *s = src;
