@@ -248,7 +248,8 @@ void lm_keymap_free(lm_keymap *m)
 const lm_model_info *lm_keymap_info(const lm_keymap *m) { return m ? &m->info : NULL; }
 size_t lm_keymap_size(const lm_keymap *m) { return m ? m->n : 0; }
 
-/* Rewrites the spellings that carry more than the module path: a trailing
+/* Rewrites the spellings that carry more than the module path: a
+ * "base_model.model." before a component prefix (PEFT), a trailing
  * ".lora" / ".lora_linear_layer" (diffusers), and the attention-processor
  * form "<path>.processor.to_q_lora" → "<path>.to_q", to_out_lora →
  * to_out.0 (diffusers ≤ 0.20 AttnProcsLayers). Returns 1 if changed. */
@@ -257,6 +258,16 @@ static int normalise(const char *name, char *dst, size_t n)
     int k = snprintf(dst, n, "%s", name);
     if (k < 0 || (size_t)k >= n) return 0;
     int changed = 0;
+    /* PEFT around a pipeline component: base_model.model.unet.<path> */
+    static const char *const comps[] = { "unet.", "text_encoder.", "text_encoder_2." };
+    for (size_t i = 0; i < 3; i++) {
+        size_t bl = strlen("base_model.model.");
+        if (!strncmp(dst, "base_model.model.", bl) && !strncmp(dst + bl, comps[i], strlen(comps[i]))) {
+            memmove(dst, dst + bl, strlen(dst + bl) + 1);
+            changed = 1;
+            break;
+        }
+    }
     static const char *const tails[] = { ".lora_linear_layer", ".lora" };
     for (size_t i = 0; i < 2; i++)
         if (ends(dst, tails[i])) { dst[strlen(dst) - strlen(tails[i])] = '\0'; changed = 1; }
