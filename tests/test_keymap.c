@@ -470,6 +470,52 @@ static void test_keymap_shape_mismatch(void)
     CHECK_EQ_INT(rc3, 0);
 }
 
+/* SD2.x in the LDM layout: the OpenCLIP ViT-H text encoder under
+ * cond_stage_model.model. packs q/k/v in in_proj_weight [3·1024, 1024]. */
+static void test_keymap_sd2_packed_te(void)
+{
+    lm_source *s = NULL;
+    lm_keymap *km = NULL;
+    lm_err err;
+    const struct { const char *name; int nd; int64_t shape[4]; } ents[] = {
+        { "model.diffusion_model.input_blocks.0.0.weight", 4, { 320, 4, 3, 3 } },
+        { "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", 2, { 320, 1024 } },
+        { "model.diffusion_model.input_blocks.1.1.proj_in.weight", 2, { 320, 320 } },
+        { "model.diffusion_model.input_blocks.11.0.in_layers.0.weight", 1, { 1280 } },
+        { "cond_stage_model.model.token_embedding.weight", 2, { 49408, 1024 } },
+        { "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", 2, { 3072, 1024 } },
+        { "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_bias", 1, { 3072 } },
+        { "cond_stage_model.model.transformer.resblocks.0.mlp.c_fc.weight", 2, { 4096, 1024 } },
+    };
+    CHECK_OK(manifest_source_new(&s, "sd2-ldm", &err), &err);
+    for (size_t i = 0; i < sizeof ents / sizeof ents[0]; i++)
+        CHECK_OK(manifest_source_put(s, ents[i].name, LM_DT_F16, ents[i].nd, ents[i].shape, &err), &err);
+    lm_model_info m;
+    lm_model_detect(s, &m);
+    int rc = lm_keymap_build(&km, s, &err);
+    lm_target k = { 0 }, fc = { 0 };
+    int64_t ik = rc ? -2 : lm_keymap_find(km, "lora_te_text_model_encoder_layers_0_self_attn_k_proj", LM_COMP_TE, &k);
+    int64_t ifc = rc ? -2 : lm_keymap_find(km, "text_encoder.text_model.encoder.layers.0.mlp.fc1", LM_COMP_TE, &fc);
+    int64_t kshape[2] = { 1024, 1024 }, qkv[2] = { 3072, 1024 };
+    int fit = rc ? -2 : lm_keymap_check_fit(km, "k", &k, 2, kshape, NULL);
+    int misfit = rc ? -2 : lm_keymap_check_fit(km, "qkv", &k, 2, qkv, &err);
+    lm_keymap_free(km);
+    lm_source_close(s);
+    CHECK_MSG(m.arch == LM_ARCH_SD2 && m.layout == LM_LAYOUT_LDM && m.has_te && m.has_unet, "%s: %s", lm_arch_name(m.arch), m.reason);
+    CHECK_EQ_INT(m.context_dim, 1024);
+    CHECK_EQ_INT(rc, 0);
+    CHECK_EQ_INT(ik, 5);
+    CHECK_EQ_INT(k.row0, 1024);
+    CHECK_EQ_INT(k.rows, 1024);
+    CHECK_EQ_INT(k.bias, 6);
+    CHECK_EQ_INT(ifc, 7);
+    CHECK_EQ_INT(fc.row0, 0);
+    CHECK_EQ_INT(fc.rows, 4096);
+    CHECK_EQ_INT(fit, 0);
+    CHECK_EQ_INT(misfit, LM_EMISMATCH);
+    CHECK_MSG(strstr(err.msg, "rows [1024,2048) of"), "%s", err.msg);
+}
+
 int main(void)
 {
     RUN(test_detect_sd15_ldm);
@@ -484,5 +530,6 @@ int main(void)
     RUN(test_keymap_kohya_sdxl);
     RUN(test_keymap_spellings);
     RUN(test_keymap_shape_mismatch);
+    RUN(test_keymap_sd2_packed_te);
     TEST_EXIT();
 }
