@@ -9,7 +9,7 @@
 #include "libmerge/clip.h"
 #include "libmerge/source.h"
 #include "libmerge/tokenizer.h"
-#include "libmerge/weights.h"
+#include "sampler/weights.h"
 #include "libmerge/writer.h"
 #include "test.h"
 
@@ -54,9 +54,9 @@ static void check_model(const char *path)
     lm_weights *w = NULL;
     lm_clip *c = NULL;
     CHECK_OK(lm_source_open(&s, path, NULL, &e), &e);
-    CHECK_OK(lm_weights_open(&w, s, &e), &e);
-    int rc = lm_clip_load(&c, w, &e);
-    if (rc) { lm_weights_free(w); lm_source_close(s); CHECK_OK(rc, &e); }
+    CHECK_OK(lm_weights_open(&w, s, "text_encoder", NULL, NULL, 0, &e), &e);
+    int rc = lm_clip_load(&c, w, s, &e);
+    if (rc) { lm_weights_close(w); lm_source_close(s); CHECK_OK(rc, &e); }
     const lm_clip_config *cfg = lm_clip_config_of(c);
     int ok = cfg->hidden == 32 && cfg->layers == 2 && cfg->heads == 4 && cfg->intermediate == 37 && cfg->positions == 77;
     int32_t ids[3][77];
@@ -81,7 +81,7 @@ static void check_model(const char *path)
     }
     free(got);
     lm_clip_free(c);
-    lm_weights_free(w);
+    lm_weights_close(w);
     lm_source_close(s);
     CHECK_MSG(ok, "config or encode failed");
     CHECK_MSG(worst <= TOL, "max |diff| %.3g in %s > %g", worst, worst_name, TOL);
@@ -165,22 +165,22 @@ static void test_clip_errors(void)
     lm_weights *w = NULL;
     lm_clip *c = NULL;
     CHECK_OK(lm_source_open(&s, FIXTURE("golden/sd15/vae_diffusers.safetensors"), NULL, &e), &e);
-    CHECK_OK(lm_weights_open(&w, s, &e), &e);
-    int rc = lm_clip_load(&c, w, &e);
-    lm_weights_free(w);
+    CHECK_OK(lm_weights_open(&w, s, "text_encoder", NULL, NULL, 0, &e), &e);
+    int rc = lm_clip_load(&c, w, s, &e);
+    lm_weights_close(w);
     lm_source_close(s);
     CHECK_EQ_INT(rc, LM_EINPUT);
     CHECK(c == NULL);
     CHECK_OK(lm_source_open(&s, FIXTURE("golden/clip/clip_tiny.safetensors"), NULL, &e), &e);
-    CHECK_OK(lm_weights_open(&w, s, &e), &e);
-    CHECK_OK(lm_clip_load(&c, w, &e), &e);
+    CHECK_OK(lm_weights_open(&w, s, "text_encoder", NULL, NULL, 0, &e), &e);
+    CHECK_OK(lm_clip_load(&c, w, s, &e), &e);
     int32_t ids[77] = { 49406, 49408 };
     float out[77 * 32];
     int r1 = lm_clip_encode(c, ids, 77, 1, 1, out, &e);
     ids[1] = 1;
     int r2 = lm_clip_encode(c, ids, 77, 3, 1, out, &e);
     lm_clip_free(c);
-    lm_weights_free(w);
+    lm_weights_close(w);
     lm_source_close(s);
     CHECK_EQ_INT(r1, LM_EUSAGE);
     CHECK_EQ_INT(r2, LM_EUSAGE);

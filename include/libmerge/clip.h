@@ -23,7 +23,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include "libmerge/err.h"
-#include "libmerge/weights.h"
+#include "libmerge/source.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -40,16 +40,18 @@ typedef struct lm_clip_config {
     int positions;        /* 77 */
     lm_clip_act act;
     float eps;            /* LayerNorm eps, 1e-5 */
-    char prefix[96];      /* tensor name prefix found, e.g. "cond_stage_model.transformer.text_model." */
+    char prefix[96];      /* stored name prefix found, e.g. "cond_stage_model.transformer.text_model." */
 } lm_clip_config;
 
 typedef struct lm_clip lm_clip;
+typedef struct lm_weights lm_weights;   /* libmerge/sampler/weights.h: a weight set, LoRAs applied at load */
 
-/* Finds the text encoder in w's base source and loads it as fp32 (LoRA
- * updates of w applied). Errors: LM_EINPUT (no text encoder: the message
- * lists the prefixes tried; a missing or misshapen tensor, named),
- * LM_ENOMEM, LM_EIO. */
-int lm_clip_load(lm_clip **out, const lm_weights *w, lm_err *err);
+/* Loads the text encoder from weight set w (opened for component
+ * "text_encoder": any layout, LoRAs applied) as fp32. src (may be NULL) is
+ * the file w reads, for its "config" metadata (heads, activation, eps).
+ * Errors: LM_EINPUT (no text encoder; a missing or misshapen tensor,
+ * named), LM_ENOMEM, LM_EIO. */
+int lm_clip_load(lm_clip **out, lm_weights *w, const lm_source *src, lm_err *err);
 void lm_clip_free(lm_clip *c);
 const lm_clip_config *lm_clip_config_of(const lm_clip *c);
 

@@ -7,6 +7,7 @@
 
 #include "libmerge/clip.h"
 #include "libmerge/ops.h"
+#include "sampler/weights.h"
 
 typedef struct {
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
@@ -24,21 +25,15 @@ struct lm_clip {
     float *fln_w, *fln_b;        /* final_layer_norm */
 };
 
-static const char *const k_prefixes[] = {
-    "cond_stage_model.transformer.text_model.",
-    "cond_stage_model.transformer.",
-    "conditioner.embedders.0.transformer.text_model.",
-    "text_encoder.text_model.",
-    "text_model.",
-};
-
-static int get(const lm_weights *w, const char *prefix, const char *name, int ndim, int64_t d0,
+/* Loads canonical (diffusers, component-relative) name with shape [d0] or
+ * [d0, d1]; the weight set finds it in any layout and applies LoRAs. */
+static int get(lm_weights *w, const char *prefix, const char *name, int ndim, int64_t d0,
                int64_t d1, float **out, lm_err *err)
 {
     char full[256];
     int64_t shape[2] = { d0, d1 };
     snprintf(full, sizeof full, "%s%s", prefix, name);
-    return lm_weights_get(w, full, ndim, shape, out, err);
+    return lm_weights_load(w, full, ndim, shape, out, err);
 }
 
 /* Reads num_attention_heads / hidden_act / layer_norm_eps from a JSON
@@ -77,7 +72,7 @@ void lm_clip_free(lm_clip *c)
 
 const lm_clip_config *lm_clip_config_of(const lm_clip *c) { return &c->cfg; }
 
-static int load_layer(const lm_weights *w, const char *pf, int l, const lm_clip_config *cfg,
+static int load_layer(lm_weights *w, const char *pf, int l, const lm_clip_config *cfg,
                       clip_layer *L, lm_err *err)
 {
     char p[160];
@@ -114,53 +109,39 @@ static int load_layer(const lm_weights *w, const char *pf, int l, const lm_clip_
     return 0;
 }
 
-int lm_clip_load(lm_clip **out, const lm_weights *w, lm_err *err)
+int lm_clip_load(lm_clip **out, lm_weights *w, const lm_source *src, lm_err *err)
 {
-    const lm_source *s = lm_weights_source(w);
-    const char *pf = NULL;
+    const char *pf = "text_model.";
     *out = NULL;
-    for (size_t i = 0; i < sizeof k_prefixes / sizeof k_prefixes[0] && !pf; i++) {
-        char n[192];
-        snprintf(n, sizeof n, "%sembeddings.token_embedding.weight", k_prefixes[i]);
-        if (lm_source_find(s, n) >= 0) pf = k_prefixes[i];
-    }
-    if (!pf)
-        return lm_err_set(err, LM_EINPUT, lm_source_path(s), "embeddings.token_embedding.weight", LM_ERR_NO_OFFSET,
-                          "no CLIP text encoder (tried prefixes cond_stage_model.transformer[.text_model]., "
-                          "conditioner.embedders.0.transformer.text_model., [text_encoder.]text_model.)");
+    char n[256];
+    const lm_entry *e = lm_weights_find(w, "text_model.embeddings.token_embedding.weight");
+    const lm_entry *pe = lm_weights_find(w, "text_model.embeddings.position_embedding.weight");
+    const lm_entry *fe = lm_weights_find(w, "text_model.encoder.layers.0.mlp.fc1.weight");
+    if (!e)
+        return lm_err_set(err, LM_EINPUT, src ? lm_source_path(src) : NULL, "text_model.embeddings.token_embedding.weight",
+                          LM_ERR_NO_OFFSET, "no CLIP text encoder in this file");
+    if (e->ndim != 2 || !pe || !fe || fe->ndim != 2)
+        return lm_err_set(err, LM_EINPUT, src ? lm_source_path(src) : NULL, e->name, LM_ERR_NO_OFFSET,
+                          "text encoder incomplete (position embedding or layer 0 MLP missing, or not 2-D)");
     lm_clip *c = calloc(1, sizeof *c);
     if (!c) return lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
     lm_clip_config *cfg = &c->cfg;
-    snprintf(cfg->prefix, sizeof cfg->prefix, "%s", pf);
-    char n[256];
-    snprintf(n, sizeof n, "%sembeddings.token_embedding.weight", pf);
-    const lm_entry *e = lm_source_entry(s, (size_t)lm_source_find(s, n));
-    snprintf(n, sizeof n, "%sembeddings.position_embedding.weight", pf);
-    int64_t pi = lm_source_find(s, n);
-    snprintf(n, sizeof n, "%sencoder.layers.0.mlp.fc1.weight", pf);
-    int64_t fi = lm_source_find(s, n);
-    int rc;
-    if (e->ndim != 2 || pi < 0 || fi < 0 || lm_source_entry(s, (size_t)fi)->ndim != 2) {
-        rc = lm_err_set(err, LM_EINPUT, lm_source_path(s), e->name, LM_ERR_NO_OFFSET,
-                        "text encoder incomplete (position embedding or layer 0 MLP missing, or not 2-D)");
-        goto fail;
-    }
+    /* the stored name minus the canonical suffix: the prefix actually found */
+    size_t keep = strlen(e->name) - strlen("embeddings.token_embedding.weight");
+    snprintf(cfg->prefix, sizeof cfg->prefix, "%.*s", (int)keep, e->name);
     cfg->vocab = (int)e->shape[0];
     cfg->hidden = (int)e->shape[1];
-    cfg->positions = (int)lm_source_entry(s, (size_t)pi)->shape[0];
-    cfg->intermediate = (int)lm_source_entry(s, (size_t)fi)->shape[0];
+    cfg->positions = (int)pe->shape[0];
+    cfg->intermediate = (int)fe->shape[0];
     cfg->heads = cfg->hidden % 64 == 0 ? cfg->hidden / 64 : 1;
     cfg->act = LM_CLIP_QUICK_GELU;
     cfg->eps = 1e-5f;
     for (cfg->layers = 0;; cfg->layers++) {
         snprintf(n, sizeof n, "%sencoder.layers.%d.self_attn.q_proj.weight", pf, cfg->layers);
-        if (lm_source_find(s, n) < 0) break;
+        if (!lm_weights_find(w, n)) break;
     }
-    config_from_meta(s, cfg);
-    if (cfg->layers == 0) {
-        rc = lm_err_set(err, LM_EINPUT, lm_source_path(s), n, LM_ERR_NO_OFFSET, "text encoder has no layers");
-        goto fail;
-    }
+    if (src) config_from_meta(src, cfg);
+    int rc;
     c->layer = calloc((size_t)cfg->layers, sizeof *c->layer);
     if (!c->layer) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto fail; }
     if ((rc = get(w, pf, "embeddings.token_embedding.weight", 2, cfg->vocab, cfg->hidden, &c->tok, err)) ||

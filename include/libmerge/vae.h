@@ -1,0 +1,93 @@
+/* libmerge/vae.h — the VAE decoder of Stable Diffusion (AutoencoderKL,
+ * Rombach et al. 2022 "High-Resolution Image Synthesis with Latent Diffusion
+ * Models"; diffusers' AutoencoderKL.decode / LDM's Decoder):
+ *
+ *   z / scaling_factor (0.18215) → post_quant_conv (1×1) → conv_in (3×3)
+ *   → mid block: resnet, self-attention (one head over all C channels,
+ *     scale 1/√C, residual), resnet
+ *   → up blocks (widest first): layers_per_block+1 resnets each, then
+ *     nearest 2× + conv 3×3 except in the last block
+ *   → GroupNorm + SiLU → conv_out (3×3) → image [3, 8h, 8w], about [-1, 1]
+ *
+ * Resnet: GroupNorm → SiLU → conv 3×3 → GroupNorm → SiLU → conv 3×3, plus the
+ * input (through a 1×1 conv when the channel count changes). Every GroupNorm:
+ * 32 groups, eps 1e-6. Sizes (block_out_channels, resnets per block, latent
+ * channels) are read from the weight shapes.
+ *
+ * Layouts: diffusers (decoder.*, post_quant_conv.*, bare or with a "vae."
+ * prefix; attention as to_q/to_k/to_v/to_out.0 or the older
+ * query/key/value/proj_attn) and LDM single-file (first_stage_model.decoder.*,
+ * decoder.up.{L-1-i} = up_blocks.i, mid.block_1/attn_1/block_2, nin_shortcut,
+ * norm_out; attention weights as 1×1 convs). Reference: diffusers 0.27
+ * goldens in fixtures/golden/sd15 (vae_io, lcm_pipeline).
+ */
+#ifndef LIBMERGE_VAE_H
+#define LIBMERGE_VAE_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "libmerge/err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LM_VAE_MAX_LEVELS 8
+#define LM_VAE_SCALING_SD 0.18215f    /* SD1.x/SD2.x scaling_factor */
+
+typedef struct lm_vae_config {
+    int latent_channels;              /* 4 */
+    int levels;                       /* 4 */
+    int ch[LM_VAE_MAX_LEVELS];        /* block_out_channels, narrowest first: 128, 256, 512, 512 */
+    int resnets;                      /* resnets per decoder up block (layers_per_block + 1 = 3) */
+    int groups;                       /* 32 */
+    float eps;                        /* 1e-6 */
+    float scaling_factor;             /* 0.18215 */
+    int ldm;                          /* 1: the file uses LDM names, 0: diffusers */
+    char prefix[32];                  /* stored prefix found: "first_stage_model.", "vae." or "" */
+} lm_vae_config;
+
+typedef struct lm_vae lm_vae;
+typedef struct lm_weights lm_weights;   /* libmerge/sampler/weights.h: a weight set, LoRAs applied at load */
+
+/* Loads the decoder half (post_quant_conv and decoder.*) from weight set w
+ * (opened for component "vae": either layout, LoRAs applied) as fp32. path
+ * (may be NULL) names the file in errors. Errors: LM_EINPUT (no VAE
+ * decoder; a missing or misshapen tensor, named), LM_ENOMEM, LM_EIO. */
+int lm_vae_load(lm_vae **out, lm_weights *w, const char *path, lm_err *err);
+void lm_vae_free(lm_vae *v);
+const lm_vae_config *lm_vae_config_of(const lm_vae *v);
+
+typedef struct lm_vae_decode_opts {
+    int version;        /* LM_VAE_DECODE_OPTS_VERSION */
+    int scaled;         /* 1: z is a sampler latent, divided by scaling_factor first (the
+                           pipeline's decode); 0: z goes to post_quant_conv as is */
+    int tile;           /* latent tile size for tiled decoding; 0: automatic (untiled up to
+                           64×64 latents = 512 px, else tiles of 64 with overlap 16);
+                           < 0: never tile */
+    int overlap;        /* latent overlap between tiles (tile > 0); default tile/4 */
+} lm_vae_decode_opts;
+#define LM_VAE_DECODE_OPTS_VERSION 1
+#define LM_VAE_DECODE_OPTS_INIT { LM_VAE_DECODE_OPTS_VERSION, 1, 0, 0 }
+
+/* Decodes one latent z [latent_channels, h, w] → img [3, 8h, 8w] fp32,
+ * unclamped (h, w: latent size; the factor is 2^(levels-1)).
+ * Tiled decoding (opts->tile > 0, or automatic at large sizes) decodes
+ * overlapping latent tiles independently and blends them with linear ramps
+ * across each overlap (as diffusers' tiled_decode does, with weights summing
+ * to 1): memory is bounded by the tile, not the image, and GroupNorm
+ * statistics are per tile, so results differ slightly from an untiled
+ * decode. opts may be NULL (LM_VAE_DECODE_OPTS_INIT). Errors: LM_EUSAGE (bad
+ * size or options), LM_ENOMEM. */
+int lm_vae_decode(const lm_vae *v, const float *z, int h, int w, const lm_vae_decode_opts *opts,
+                  float *img, lm_err *err);
+
+/* The pipeline's post-processing (diffusers VaeImageProcessor, numpy → PIL):
+ * img [3, H, W] → rgb [H, W, 3] uint8, round(clamp(x/2 + 0.5, 0, 1)·255)
+ * in float32 with round-half-to-even. */
+void lm_vae_image_to_u8(const float *img, int H, int W, uint8_t *rgb);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
