@@ -1,0 +1,409 @@
+/* model-convert engine: see include/libmerge/convert.h.
+ *
+ * Plan first (which tensors, their output names, dtypes and shapes), then
+ * open the writer with that list and stream tensors in the writer's order.
+ * The input's SHA-256 is computed by a second thread reading the file with
+ * pread while the first converts; its metadata value is written as a
+ * placeholder of the same length and filled in before commit. */
+#include "libmerge/convert.h"
+#include "libmerge/source.h"
+#include "libmerge/writer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define CHUNK_ELEMS ((size_t)1 << 20)
+
+typedef struct plan_item {
+    size_t src;              /* entry whose data is written */
+    char *name;              /* output name */
+    lm_dtype dtype;          /* output dtype */
+    int ndim;
+    int64_t shape[LM_MAX_DIMS];
+    int transpose;           /* 2-D transpose on the way (OpenCLIP projection) */
+} plan_item;
+
+/* ---- SHA-256 of the input (OpenSSL EVP; a shared hash helper can replace this) ---- */
+
+typedef struct hash_job {
+    const char *path;
+    int cancel;              /* set (atomically) when the conversion failed */
+    char hex[65];
+    int rc;
+    lm_err err;
+} hash_job;
+
+static void *hash_thread(void *arg)
+{
+    hash_job *h = arg;
+    h->rc = 0;
+    int fd = open(h->path, O_RDONLY | O_CLOEXEC);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    size_t cap = (size_t)8 << 20;
+    unsigned char *buf = malloc(cap);
+    if (fd < 0 || !md || !buf || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
+        h->rc = lm_err_set(&h->err, fd < 0 ? LM_EIO : LM_ENOMEM, h->path, NULL, LM_ERR_NO_OFFSET, "cannot hash: %s",
+                           fd < 0 ? strerror(errno) : "out of memory");
+    } else {
+        off_t off = 0;
+        for (;;) {
+            if (__atomic_load_n(&h->cancel, __ATOMIC_RELAXED)) { h->rc = LM_EINTR; break; }
+            ssize_t got = pread(fd, buf, cap, off);
+            if (got < 0 && errno == EINTR) continue;
+            if (got < 0) { h->rc = lm_err_set(&h->err, LM_EIO, h->path, NULL, off, "cannot read: %s", strerror(errno)); break; }
+            if (got == 0) break;
+            EVP_DigestUpdate(md, buf, (size_t)got);
+            off += got;
+        }
+        unsigned char d[32];
+        unsigned int n = 0;
+        if (!h->rc && EVP_DigestFinal_ex(md, d, &n) && n == 32)
+            for (int k = 0; k < 32; k++) snprintf(h->hex + 2 * k, 3, "%02x", d[k]);
+    }
+    if (fd >= 0) close(fd);
+    EVP_MD_CTX_free(md);
+    free(buf);
+    return NULL;
+}
+
+/* ---- planning ------------------------------------------------------------ */
+
+static int starts(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
+
+/* Training state saved beside the state dict (first name component). */
+static int training_state(const char *name)
+{
+    static const char *const k[] = { "optimizer", "optimizer_states", "optimizer_state_dict",
+                                     "lr_scheduler", "lr_schedulers", "callbacks" };
+    size_t n = strcspn(name, ".");
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        if (strlen(k[i]) == n && !strncmp(name, k[i], n)) return 1;
+    return 0;
+}
+
+/* "model.diffusion_model.x.0.weight" → "model_ema.diffusion_modelx0weight" (LitEma). */
+static void ema_name(const char *name, char *out, size_t n)
+{
+    size_t o = (size_t)snprintf(out, n, "model_ema.");
+    for (const char *p = name + strlen("model."); *p && o + 1 < n; p++)
+        if (*p != '.') out[o++] = *p;
+    out[o < n ? o : n - 1] = '\0';
+}
+
+static void drop(const lm_convert_opts *o, const char *name, const char *why)
+{
+    if (o->on_drop) o->on_drop(o->ctx, name, why);
+}
+
+typedef struct conv {
+    const lm_convert_opts *o;
+    lm_convert_report *r;
+    lm_source *s;
+    plan_item *items;
+    size_t n;
+    lm_arch arch;
+    lm_layout from, to;
+} conv;
+
+static int add_item(conv *c, size_t src, const char *name, lm_err *err)
+{
+    const lm_entry *e = lm_source_entry(c->s, src);
+    plan_item *it = &c->items[c->n];
+    memset(it, 0, sizeof *it);
+    if (!(it->name = strdup(name))) return lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), name, LM_ERR_NO_OFFSET, "out of memory");
+    c->n++;
+    it->src = src;
+    it->dtype = e->dtype;
+    if (c->o->dtype != LM_DT_INVALID && lm_dtype_is_float(e->dtype) && e->dtype != c->o->dtype) {
+        it->dtype = c->o->dtype;
+        c->r->n_converted++;
+    }
+    it->ndim = e->ndim;
+    memcpy(it->shape, e->shape, sizeof it->shape);
+    return 0;
+}
+
+/* Applies the layout change to item it (name and shape). 1: no name there. */
+static int relayout(conv *c, plan_item *it, lm_err *err)
+{
+    char out[512];
+    int reshape = 0;
+    int rc = lm_layout_convert_name(c->arch, c->from, c->to, it->name, out, sizeof out, &reshape);
+    if (rc == LM_EINPUT) return 1;
+    if (rc) return lm_err_set(err, rc, lm_source_path(c->s), it->name, LM_ERR_NO_OFFSET,
+                              "no %s name for this tensor", lm_layout_name(c->to));
+    if (reshape == LM_RESHAPE_CONV1X1) {
+        if (c->to == LM_LAYOUT_DIFFUSERS) {
+            if (it->ndim != 4 || it->shape[2] != 1 || it->shape[3] != 1)
+                return lm_err_set(err, LM_EINPUT, lm_source_path(c->s), it->name, LM_ERR_NO_OFFSET, "expected a [C,C,1,1] 1x1 conv weight");
+            it->ndim = 2;
+        } else if (it->ndim == 2) {
+            it->shape[2] = it->shape[3] = 1;
+            it->ndim = 4;
+        }
+    } else if (reshape == LM_RESHAPE_TRANSPOSE) {
+        if (it->ndim != 2) return lm_err_set(err, LM_EINPUT, lm_source_path(c->s), it->name, LM_ERR_NO_OFFSET, "expected a 2-D projection");
+        int64_t t = it->shape[0];
+        it->shape[0] = it->shape[1];
+        it->shape[1] = t;
+        it->transpose = 1;
+    }
+    char *n = strdup(out);
+    if (!n) return lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), it->name, LM_ERR_NO_OFFSET, "out of memory");
+    free(it->name);
+    it->name = n;
+    return 0;
+}
+
+/* A diffusers output holding one component gets bare names ("down_blocks.…"),
+ * as diffusers' own unet/ and vae/ files have. */
+static void strip_single_component(conv *c)
+{
+    if (c->to != LM_LAYOUT_DIFFUSERS || !c->n) return;
+    lm_part first = lm_diffusers_part(c->items[0].name, NULL);
+    for (size_t k = 0; k < c->n; k++) {
+        const char *inner;
+        if (lm_diffusers_part(c->items[k].name, &inner) != first || first == LM_PART_NONE || inner == c->items[k].name) return;
+    }
+    for (size_t k = 0; k < c->n; k++) {
+        const char *inner;
+        lm_diffusers_part(c->items[k].name, &inner);
+        memmove(c->items[k].name, inner, strlen(inner) + 1);
+    }
+}
+
+static int plan(conv *c, lm_err *err)
+{
+    const lm_convert_opts *o = c->o;
+    size_t n = lm_source_count(c->s);
+    c->items = calloc(n ? n : 1, sizeof *c->items);
+    if (!c->items) return lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), NULL, LM_ERR_NO_OFFSET, "out of memory");
+    char ema[512];
+    int any_ema = 0;
+    for (size_t i = 0; i < n; i++) {
+        const lm_entry *e = lm_source_entry(c->s, i);
+        if (starts(e->name, "model_ema.")) {
+            any_ema = 1;
+            if (o->use_ema) { drop(o, e->name, "EMA copy used"); continue; }
+        }
+        if (o->prune && (starts(e->name, "model_ema.") || training_state(e->name))) {
+            c->r->n_pruned++;
+            drop(o, e->name, "pruned");
+            continue;
+        }
+        size_t src = i;
+        if (o->use_ema && starts(e->name, "model.")) {
+            ema_name(e->name, ema, sizeof ema);
+            int64_t k = lm_source_find(c->s, ema);
+            if (k >= 0) {
+                const lm_entry *x = lm_source_entry(c->s, (size_t)k);
+                if (x->ndim != e->ndim || memcmp(x->shape, e->shape, sizeof(int64_t) * (size_t)e->ndim) || x->dtype != e->dtype)
+                    return lm_err_set(err, LM_EINPUT, lm_source_path(c->s), ema, LM_ERR_NO_OFFSET,
+                                      "EMA copy differs in shape or dtype from %s", e->name);
+                src = (size_t)k;
+                c->r->n_ema++;
+            }
+        }
+        int rc = add_item(c, src, e->name, err);
+        if (rc) return rc;
+    }
+    if (o->use_ema && !any_ema)
+        return lm_err_set(err, LM_EINPUT, lm_source_path(c->s), NULL, LM_ERR_NO_OFFSET, "--use-ema: the file has no model_ema.* tensors");
+    if (o->layout == LM_LAYOUT_UNKNOWN) return 0;
+    lm_model_info info;
+    lm_model_detect(c->s, &info);
+    c->from = info.layout;
+    c->to = o->layout;
+    c->arch = info.arch;
+    if (c->arch == LM_ARCH_UNKNOWN && info.has_vae && !info.has_unet && !info.has_te && !info.has_te2)
+        c->arch = LM_ARCH_SD1;   /* SD1.x, SD2.x and SDXL share the VAE's structure */
+    if (c->from == LM_LAYOUT_UNKNOWN || c->arch == LM_ARCH_UNKNOWN)
+        return lm_err_set(err, LM_EUNSUPPORTED, lm_source_path(c->s), NULL, LM_ERR_NO_OFFSET,
+                          "cannot change the layout: %s", info.reason);
+    snprintf(c->r->from_layout, sizeof c->r->from_layout, "%s", lm_layout_name(c->from));
+    snprintf(c->r->to_layout, sizeof c->r->to_layout, "%s", lm_layout_name(c->to));
+    if (c->from == c->to) return 0;
+    size_t w = 0;
+    for (size_t k = 0; k < c->n; k++) {
+        int rc = relayout(c, &c->items[k], err);
+        if (rc < 0) return rc;
+        if (rc == 1) {
+            c->r->n_unmapped++;
+            drop(o, c->items[k].name, "no name in the target layout");
+            free(c->items[k].name);
+            continue;
+        }
+        c->items[w++] = c->items[k];
+    }
+    c->n = w;
+    strip_single_component(c);
+    return 0;
+}
+
+/* ---- streaming ------------------------------------------------------------ */
+
+static void release_pages(const void *p, size_t n)
+{
+    static size_t pg;
+    if (!pg) pg = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + pg - 1) & ~(uintptr_t)(pg - 1), z = ((uintptr_t)p + n) & ~(uintptr_t)(pg - 1);
+    if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
+}
+
+/* Converts n elements from→to into out, writes them, counts overflow. */
+static int emit(lm_writer *w, const void *src, lm_dtype from, lm_dtype to, size_t n, void *out, int64_t *ovf, lm_err *err)
+{
+    if (from == to) return lm_writer_write(w, src, n * lm_dtype_size(from), err);
+    int64_t r = lm_convert(out, to, src, from, n);
+    if (r < 0) return lm_err_set(err, (int)r, NULL, NULL, LM_ERR_NO_OFFSET, "cannot convert %s to %s", lm_dtype_name(from), lm_dtype_name(to));
+    *ovf += r;
+    return lm_writer_write(w, out, n * lm_dtype_size(to), err);
+}
+
+static int write_item(conv *c, lm_writer *w, const plan_item *it, unsigned char *chunk, lm_err *err)
+{
+    const lm_entry *e = lm_source_entry(c->s, it->src);
+    size_t es = lm_dtype_size(e->dtype), n = (size_t)e->numel;
+    int64_t ovf = 0;
+    int rc = 0;
+    const unsigned char *raw = it->transpose ? NULL : lm_source_raw(c->s, it->src);
+    if (raw) {
+        for (size_t k = 0; k < n && !rc; k += CHUNK_ELEMS) {
+            size_t m = n - k < CHUNK_ELEMS ? n - k : CHUNK_ELEMS;
+            rc = emit(w, raw + k * es, e->dtype, it->dtype, m, chunk, &ovf, err);
+        }
+        release_pages(raw, e->nbytes);
+    } else {
+        unsigned char *buf = malloc(e->nbytes ? e->nbytes : 1);
+        unsigned char *tmp = it->transpose ? malloc(e->nbytes ? e->nbytes : 1) : NULL;
+        if (!buf || (it->transpose && !tmp)) rc = lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), e->name, LM_ERR_NO_OFFSET, "out of memory");
+        if (!rc) rc = lm_source_read(c->s, it->src, buf, err);
+        if (!rc && tmp) {   /* [r, c] → [c, r] */
+            int64_t R = e->shape[0], C = e->shape[1];
+            for (int64_t i = 0; i < R; i++)
+                for (int64_t j = 0; j < C; j++) memcpy(tmp + (size_t)(j * R + i) * es, buf + (size_t)(i * C + j) * es, es);
+            unsigned char *x = buf; buf = tmp; tmp = x;
+        }
+        for (size_t k = 0; k < n && !rc; k += CHUNK_ELEMS) {
+            size_t m = n - k < CHUNK_ELEMS ? n - k : CHUNK_ELEMS;
+            rc = emit(w, buf + k * es, e->dtype, it->dtype, m, chunk, &ovf, err);
+        }
+        free(buf);
+        free(tmp);
+    }
+    if (rc) { lm_err_key(err, it->name); return rc; }
+    if (ovf) {
+        c->r->n_overflow_tensors++;
+        c->r->n_overflow_values += ovf;
+        if (c->o->on_overflow) c->o->on_overflow(c->o->ctx, it->name, ovf);
+    }
+    return 0;
+}
+
+/* Metadata: the input's, "layout" updated, plus format and source_sha256. */
+static int build_meta(conv *c, lm_kv **out, size_t *n_out, const char *sha, lm_err *err)
+{
+    size_t n = lm_source_meta_count(c->s);
+    lm_kv *m = calloc(n + 2, sizeof *m);
+    if (!m) return lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), NULL, LM_ERR_NO_OFFSET, "out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *key = lm_source_meta_key(c->s, i), *v = lm_source_meta_value(c->s, i);
+        if (!strcmp(key, "format") || !strcmp(key, "source_sha256")) continue;
+        if (!strcmp(key, "layout") && c->to != LM_LAYOUT_UNKNOWN && c->from != c->to) v = lm_layout_name(c->to);
+        m[k].key = key;
+        m[k++].value = v;
+    }
+    m[k].key = "format";
+    m[k++].value = "pt";
+    m[k].key = "source_sha256";
+    m[k++].value = sha;
+    *out = m;
+    *n_out = k;
+    return 0;
+}
+
+int lm_model_convert(const char *in_path, const char *out_path, const lm_convert_opts *opts,
+                     lm_convert_report *report, lm_err *err)
+{
+    lm_convert_opts dflt = LM_CONVERT_OPTS_INIT;
+    lm_convert_report rep_local;
+    const lm_convert_opts *o = opts ? opts : &dflt;
+    lm_convert_report *r = report ? report : &rep_local;
+    memset(r, 0, sizeof *r);
+    if (o->version != LM_CONVERT_OPTS_VERSION)
+        return lm_err_set(err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "lm_convert_opts version %d (expected %d)", o->version, LM_CONVERT_OPTS_VERSION);
+    if (o->dtype != LM_DT_INVALID && o->dtype != LM_DT_F16 && o->dtype != LM_DT_BF16 && o->dtype != LM_DT_F32)
+        return lm_err_set(err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "target dtype %s (F16, BF16 or F32 only)", lm_dtype_name(o->dtype));
+
+    conv c = { .o = o, .r = r };
+    lm_open_opts oo = LM_OPEN_OPTS_INIT;
+    oo.skip_unknown = o->skip_unknown;
+    int rc = lm_source_open(&c.s, in_path, &oo, err);
+    if (rc) return rc;
+    r->n_in = lm_source_count(c.s);
+
+    hash_job hj = { .path = in_path };
+    pthread_t th;
+    int hashing = pthread_create(&th, NULL, hash_thread, &hj) == 0;
+    if (!hashing) hash_thread(&hj);
+
+    lm_wtensor *wt = NULL;
+    lm_kv *meta = NULL;
+    size_t n_meta = 0;
+    lm_writer *w = NULL;
+    unsigned char *chunk = malloc(CHUNK_ELEMS * 8);
+    char zeros[65];
+    memset(zeros, '0', 64);
+    zeros[64] = '\0';
+    rc = chunk ? plan(&c, err) : lm_err_set(err, LM_ENOMEM, in_path, NULL, LM_ERR_NO_OFFSET, "out of memory");
+    if (!rc && !(wt = calloc(c.n ? c.n : 1, sizeof *wt))) rc = lm_err_set(err, LM_ENOMEM, in_path, NULL, LM_ERR_NO_OFFSET, "out of memory");
+    for (size_t k = 0; !rc && k < c.n; k++) {
+        wt[k].name = c.items[k].name;
+        wt[k].dtype = c.items[k].dtype;
+        wt[k].ndim = c.items[k].ndim;
+        memcpy(wt[k].shape, c.items[k].shape, sizeof wt[k].shape);
+    }
+    if (!rc) rc = build_meta(&c, &meta, &n_meta, zeros, err);
+    if (!rc) {
+        lm_writer_opts wo = LM_WRITER_OPTS_INIT;
+        const char *inputs[1] = { in_path };
+        wo.inputs = inputs;
+        wo.n_inputs = 1;
+        rc = lm_writer_open(&w, out_path, wt, c.n, meta, n_meta, &wo, err);
+    }
+    uint64_t total = 0, done = 0;
+    for (size_t k = 0; !rc && k < c.n; k++) total += (uint64_t)lm_source_entry(c.s, c.items[k].src)->numel * lm_dtype_size(c.items[k].dtype);
+    for (size_t k = 0; !rc && k < c.n; k++) {
+        const plan_item *it = &c.items[lm_writer_tensor_index(w, k)];
+        rc = write_item(&c, w, it, chunk, err);
+        done += (uint64_t)lm_source_entry(c.s, it->src)->numel * lm_dtype_size(it->dtype);
+        if (o->on_progress) o->on_progress(o->ctx, done, total);
+    }
+    if (rc) __atomic_store_n(&hj.cancel, 1, __ATOMIC_RELAXED);
+    if (hashing) pthread_join(th, NULL);
+    if (!rc && hj.rc) { rc = hj.rc; if (err) *err = hj.err; }
+    if (!rc) {
+        memcpy(r->source_sha256, hj.hex, sizeof r->source_sha256);
+        meta[n_meta - 1].value = r->source_sha256;
+        rc = lm_writer_update_meta(w, meta, n_meta, err);
+    }
+    if (!rc) rc = lm_writer_commit(w, err);   /* frees w */
+    else lm_writer_abort(w);
+    r->n_out = c.n;
+    r->bytes_out = total;
+    free(chunk);
+    free(meta);
+    free(wt);
+    for (size_t k = 0; k < c.n; k++) free(c.items[k].name);
+    free(c.items);
+    lm_source_close(c.s);
+    return rc;
+}
