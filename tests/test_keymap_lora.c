@@ -167,6 +167,11 @@ static void test_keymap_lora_unmatched(void)
     int rc = lm_keymap_resolve(km, l, 0, t, &unmatched, &err);
     lm_err strict = err;
     size_t u1 = unmatched;
+    char list[4096], small[40];
+    size_t listed = lm_keymap_format_unmatched(l, t, 20, list, sizeof list);
+    size_t lines = 0;
+    for (const char *c = list; *c; c++) lines += *c == '\n';
+    size_t listed2 = lm_keymap_format_unmatched(l, t, 20, small, sizeof small);
     int rc2 = lm_keymap_resolve(km, l, 1, t, &unmatched, &err);
     int all_neg = 1;
     for (size_t i = 0; i < n; i++) all_neg &= t[i].tensor == -1 && t[i].bias == -1;
@@ -180,6 +185,11 @@ static void test_keymap_lora_unmatched(void)
               "%s", strict.msg);
     CHECK_MSG(strstr(strict.file, "sd15_lora_attnproc_noprefix"), "%s", strict.file);
     CHECK(strict.key[0]);
+    CHECK_EQ_INT(listed, 128);
+    CHECK_EQ_INT(lines, 20);
+    CHECK_MSG(!strncmp(list, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_k_lora\n", 73), "%s", list);
+    CHECK_EQ_INT(listed2, 128);
+    CHECK_EQ_STR(small, "");
     CHECK_EQ_INT(rc2, 0);
     CHECK_EQ_INT(unmatched, 128);
     CHECK(all_neg);

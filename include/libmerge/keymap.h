@@ -154,6 +154,15 @@ int64_t lm_keymap_find(const lm_keymap *m, const char *module_name, lm_component
 int lm_keymap_check_fit(const lm_keymap *m, const char *module_name, const lm_target *t,
                         int ndim, const int64_t *shape, lm_err *err);
 
+/* Writes the names of the first `max` unmatched modules (targets[i].tensor
+ * < 0 after lm_keymap_resolve), one per line, into buf (n bytes, always
+ * NUL-terminated; names that do not fit are left out). Returns the number of
+ * unmatched modules in all. lm_keymap_resolve's error message holds the
+ * count and as many names as fit its 512 bytes; commands print the full
+ * first-20 list with this. */
+size_t lm_keymap_format_unmatched(const lm_lora *lora, const lm_target *targets, size_t max,
+                                  char *buf, size_t n);
+
 /* Number of distinct LoRA spellings in the map. */
 size_t lm_keymap_size(const lm_keymap *m);
 

@@ -367,6 +367,27 @@ int lm_keymap_check_fit(const lm_keymap *m, const char *module_name, const lm_ta
                       "ΔW shape %s does not fit%s base tensor %s shape %s: %s", a, rows, e->name, b, cause);
 }
 
+size_t lm_keymap_format_unmatched(const lm_lora *lora, const lm_target *targets, size_t max,
+                                  char *buf, size_t n)
+{
+    size_t count = 0, shown = 0, len = 0;
+    if (n) buf[0] = '\0';
+    for (size_t i = 0; i < lm_lora_count(lora); i++) {
+        if (targets[i].tensor >= 0) continue;
+        count++;
+        if (shown >= max) continue;
+        const char *nm = lm_lora_module_at(lora, i)->name;
+        size_t k = strlen(nm);
+        if (len + k + 2 > n) { shown = max; continue; }
+        memcpy(buf + len, nm, k);
+        buf[len + k] = '\n';
+        buf[len + k + 1] = '\0';
+        len += k + 1;
+        shown++;
+    }
+    return count;
+}
+
 int lm_keymap_resolve(const lm_keymap *m, const lm_lora *lora, int allow_unmatched,
                       lm_target *targets, size_t *n_unmatched, lm_err *err)
 {
