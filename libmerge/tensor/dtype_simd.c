@@ -18,6 +18,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <cpuid.h>
 #define LM_HAVE_X86 1
 #endif
 
@@ -81,8 +82,10 @@ int lm_dtype_simd_available(void)
     if (c < 0) {
         const char *off = getenv("LIBMERGE_NO_SIMD");
         __builtin_cpu_init();
-        c = (!off || !*off || strcmp(off, "0") == 0) &&
-            __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
+        /* F16C from CPUID leaf 1 (clang 14's __builtin_cpu_supports has no "f16c") */
+        unsigned a, b, cx, d;
+        int f16c = __get_cpuid(1, &a, &b, &cx, &d) && (cx & bit_F16C);
+        c = (!off || !*off || strcmp(off, "0") == 0) && f16c && __builtin_cpu_supports("avx2");
         __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
     }
     return c;
