@@ -386,6 +386,7 @@ static void test_keymap_spellings(void)
         { a, "base_model.model.mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0", LM_COMP_UNET, o, 0 },
         { a, "diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_out.0", LM_COMP_UNET, o, 0 },
         { a, "lora_unet_up_blocks_0_upsamplers_0_conv", LM_COMP_UNET, c, 0 },
+        { a, "lycoris_up_blocks_0_upsamplers_0_conv", LM_COMP_UNET, c, 0 },
         { a, "lora_te_text_model_encoder_layers_11_mlp_fc2", LM_COMP_TE, "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight", 0 },
         { a, "text_encoder.text_model.encoder.layers.0.self_attn.k_proj", LM_COMP_TE, "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.k_proj.weight", 0 },
         { a, "base_model.model.text_model.encoder.layers.0.self_attn.k_proj", LM_COMP_TE, "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.k_proj.weight", 0 },
@@ -423,8 +424,8 @@ static void test_keymap_spellings(void)
     CHECK_EQ_INT(lm_keymap_find(b, "lora_unet_down_blocks_0_attentions_0_proj_in", LM_COMP_UNET, NULL), -1);
     /* the VAE is not a LoRA target */
     CHECK_EQ_INT(lm_keymap_find(a, "first_stage_model.decoder.conv_in", LM_COMP_UNET, NULL), -1);
-    /* 391 UNet weights × 8 spellings + 99 text-encoder weights × 6, all distinct */
-    CHECK_EQ_INT(lm_keymap_size(a), 391 * 8 + 99 * 6);
+    /* 391 UNet weights × 9 spellings + 99 text-encoder weights × 6, all distinct */
+    CHECK_EQ_INT(lm_keymap_size(a), 391 * 9 + 99 * 6);
     CHECK_EQ_INT(lm_keymap_info(b)->arch, LM_ARCH_SDXL);
     lm_keymap_free(a);
     lm_keymap_free(b);

@@ -6,6 +6,7 @@
  * Spellings registered per base weight (diffusers module path Pd, LDM path
  * Pl, both without component prefix and without ".weight"):
  *   UNet   lora_unet_<Pd, '.'→'_'>   kohya SD1.x/SD2.x, diffusers-exported LCM-LoRAs (all archs)
+ *          lycoris_<Pd, '.'→'_'>     LyCORIS' own network prefix (as ComfyUI's key map)
  *          lora_unet_<Pl, '.'→'_'>   kohya SDXL (sd-scripts builds the sgm UNet)
  *          unet.<Pd>, <Pd>           diffusers (.lora.down.weight) and attention-processor files
  *          base_model.model.<Pd>, unet.base_model.model.<Pd>   PEFT
@@ -117,6 +118,7 @@ static int add_spellings(lm_keymap *m, lm_part part, const char *pd, const char 
     switch (part) {
     case LM_PART_UNET:
         rc |= addf(m, t, "lora_unet_", pd, 1);
+        rc |= addf(m, t, "lycoris_", pd, 1);
         if (pl) rc |= addf(m, t, "lora_unet_", pl, 1);
         rc |= addf(m, t, "unet.", pd, 0);
         rc |= addf(m, t, "", pd, 0);
