@@ -1,0 +1,72 @@
+/* libmerge/hash.h — the hashes users compare on model sites, and a fast
+ * per-tensor content hash.
+ *
+ * Definitions (checked against their sources):
+ *  - SHA-256: of the whole file. "AutoV2" (stable-diffusion-webui,
+ *    modules/hashes.py) is its first 10 hex digits.
+ *  - AutoV1: the legacy A1111 model hash (modules/sd_models.py model_hash):
+ *    SHA-256 of the 0x10000 bytes at offset 0x100000 (fewer if the file is
+ *    shorter; files under 1 MiB hash the empty string), first 8 hex digits.
+ *  - addnet: kohya-ss/sd-scripts library/train_util.py addnet_hash_safetensors,
+ *    written as the `sshs_model_hash` metadata: SHA-256 of the bytes from
+ *    offset 8 + N (N = the header length) to the end, i.e. the tensor data.
+ *    A1111 shows its first 12 hex digits for LoRAs. Safetensors files only.
+ *  - ModelSpec `modelspec.hash_sha256` (Stability-AI/ModelSpec,
+ *    examples/python): "0x" followed by the SHA-256 of the same bytes as addnet.
+ *  - XXH3-64 (xxHash, XXH3_64bits, seed 0) of one tensor's raw little-endian
+ *    bytes, for fast content comparison; printed as 16 lowercase hex digits.
+ * All hex digits are lowercase. SHA-256 is OpenSSL libcrypto's (EVP).
+ */
+#ifndef LIBMERGE_HASH_H
+#define LIBMERGE_HASH_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "libmerge/err.h"
+#include "libmerge/source.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What lm_hash_file computes (each full-data hash is one pass of SHA-256
+ * over most of the file, so ask only for what you print). */
+enum {
+    LM_HASH_SHA256 = 1,   /* full file: sha256, autov2 */
+    LM_HASH_AUTOV1 = 2,   /* 64 KiB at 1 MiB: autov1 */
+    LM_HASH_ADDNET = 4,   /* data area: addnet, addnet_short, modelspec */
+    LM_HASH_ALL = 7
+};
+
+typedef struct lm_file_hashes {
+    int have;              /* LM_HASH_* bits actually computed (ADDNET only for safetensors) */
+    char sha256[65];
+    char autov2[11];
+    char autov1[9];
+    char addnet[65];       /* "" when not computed */
+    char addnet_short[13];
+    char modelspec[67];    /* "0x" + addnet */
+} lm_file_hashes;
+
+/* Hashes the file at path (read sequentially in 8 MiB blocks; memory does
+ * not grow with file size). `which` is a set of LM_HASH_* bits; ADDNET is
+ * skipped (its bit left clear in out->have) when the file is not safetensors
+ * or its header length runs past the end. Errors: LM_EIO (cannot open/read),
+ * LM_ENOMEM, LM_EINTERNAL (libcrypto failure). */
+int lm_hash_file(const char *path, int which, lm_file_hashes *out, lm_err *err);
+
+/* SHA-256 of n bytes, as 64 lowercase hex digits plus NUL. */
+void lm_sha256_hex(const void *data, size_t n, char hex[65]);
+
+/* XXH3-64 (seed 0) of n bytes. */
+uint64_t lm_xxh3_64(const void *data, size_t n);
+
+/* XXH3-64 of entry i's raw bytes (its own dtype, little-endian, contiguous):
+ * hashes the mapping in place when lm_source_raw gives it, else reads the
+ * tensor into a temporary buffer. Errors: those of lm_source_read, LM_ENOMEM. */
+int lm_hash_tensor_xxh3(const lm_source *s, size_t i, uint64_t *out, lm_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
