@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# model-convert(1): exit statuses, --json, refusals that leave no output.
+# Run from the repository root; prints one PASS/FAIL line per check.
+set -u
+BIN=${BIN:-bin}
+MC="$BIN/model-convert"
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+
+check() { # name, expected status, command...
+  local name=$1 want=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  if [ "$rc" -eq "$want" ]; then echo "PASS $name"; else echo "FAIL $name: status $rc, expected $want: $(head -c 300 "$T/err")"; fi
+}
+
+check model_convert_fp16_ok 0 "$MC" fixtures/torch/zip_dtypes.pt -o "$T/a.safetensors" --dtype fp16
+if grep -q '5 tensors (3 converted' "$T/out"; then echo "PASS model_convert_summary"; else echo "FAIL model_convert_summary: $(cat "$T/out")"; fi
+
+check model_convert_json 0 "$MC" fixtures/torch/sd_like.ckpt -o "$T/b.safetensors" --prune --use-ema --dtype fp16 --json
+if /usr/bin/env python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["ok"] and d["tensors_out"]==4 and d["ema_used"]==2 and d["overflow_total"]==1 and d["overflows"][0]["tensor"].startswith("cond_stage_model") else 1)' "$T/out"; then
+  echo "PASS model_convert_json_report"; else echo "FAIL model_convert_json_report: $(head -c 300 "$T/out")"; fi
+
+check model_convert_bad_dtype_usage 2 "$MC" fixtures/torch/zip_dtypes.pt -o "$T/c.safetensors" --dtype int8
+check model_convert_missing_output_usage 2 "$MC" fixtures/torch/zip_dtypes.pt
+
+check model_convert_hostile_refused 3 "$MC" fixtures/torch/hostile_os_system.pt -o "$T/h.safetensors"
+if grep -q 'os.system: .*refusing global os.system' "$T/err" && [ ! -e "$T/h.safetensors" ] && [ -z "$(ls -A "$T" | grep -v '^out$\|^err$\|^a.safetensors$\|^b.safetensors$')" ]; then
+  echo "PASS model_convert_hostile_no_output"; else echo "FAIL model_convert_hostile_no_output: $(cat "$T/err")"; fi
+
+check model_convert_not_a_checkpoint 3 "$MC" fixtures/torch/not_torch.zip -o "$T/z.safetensors"
+check model_convert_input_is_output 2 "$MC" "$T/a.safetensors" -o "$T/a.safetensors"
+check model_convert_unwritable_dir 4 "$MC" fixtures/torch/zip_dtypes.pt -o "$T/no/such/dir/x.safetensors"
+
+check model_convert_layout 0 "$MC" fixtures/golden/sd15/vae_ldm.safetensors -o "$T/vae.safetensors" --layout diffusers
+if grep -q 'layout ldm -> diffusers' "$T/out"; then echo "PASS model_convert_layout_summary"; else echo "FAIL model_convert_layout_summary: $(cat "$T/out")"; fi
