@@ -155,6 +155,46 @@ static void test_detect_tiny_fixtures(void)
     }
 }
 
+/* Schedule buffers and EMA scalars some SD1.x files carry change nothing. */
+static void test_detect_ignores_extras(void)
+{
+    lm_source *s = ldm_manifest(SD15_LDM);
+    CHECK(s);
+    lm_err err;
+    lm_model_info m;
+    int rc = manifest_source_add(s, SD15_LDM, "optional_tensors", NULL, NULL, &err);
+    size_t n = lm_source_count(s);
+    lm_model_detect(s, &m);
+    lm_source_close(s);
+    CHECK_OK(rc, &err);
+    CHECK_EQ_INT(n, 1131 + 14);
+    CHECK_MSG(m.arch == LM_ARCH_SD1 && m.layout == LM_LAYOUT_LDM, "%s/%s: %s", lm_arch_name(m.arch), lm_layout_name(m.layout), m.reason);
+}
+
+/* SDXL refiner: label_emb, 4 levels, context 1280, 384 channels — refused by name. */
+static void test_detect_refiner(void)
+{
+    lm_source *s = NULL;
+    lm_model_info m;
+    const struct { const char *name; int nd; int64_t shape[4]; } ents[] = {
+        { "model.diffusion_model.input_blocks.0.0.weight", 4, { 384, 4, 3, 3 } },
+        { "model.diffusion_model.label_emb.0.0.weight", 2, { 1536, 2560 } },
+        { "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight", 2, { 768, 1280 } },
+        { "model.diffusion_model.input_blocks.11.0.in_layers.0.weight", 1, { 1536 } },
+        { "model.diffusion_model.middle_block.1.proj_in.weight", 2, { 1536, 1536 } },
+    };
+    CHECK_OK(manifest_source_new(&s, "refiner", NULL), NULL);
+    for (size_t i = 0; i < sizeof ents / sizeof ents[0]; i++)
+        manifest_source_put(s, ents[i].name, LM_DT_F16, ents[i].nd, ents[i].shape, NULL);
+    lm_model_detect(s, &m);
+    lm_source_close(s);
+    CHECK_EQ_INT(m.arch, LM_ARCH_UNKNOWN);
+    CHECK_EQ_INT(m.layout, LM_LAYOUT_LDM);
+    CHECK_EQ_INT(m.context_dim, 1280);
+    CHECK_EQ_INT(m.model_channels, 384);
+    CHECK_MSG(strstr(m.reason, "4 levels") && strstr(m.reason, "refiner"), "%s", m.reason);
+}
+
 static void test_detect_unknown(void)
 {
     lm_source *s = NULL;
@@ -523,6 +563,8 @@ int main(void)
     RUN(test_detect_sd15_diffusers);
     RUN(test_detect_sdxl_and_ssd1b);
     RUN(test_detect_tiny_fixtures);
+    RUN(test_detect_ignores_extras);
+    RUN(test_detect_refiner);
     RUN(test_detect_unknown);
     RUN(test_keymap_lcm_sd15);
     RUN(test_keymap_lcm_sdxl);
