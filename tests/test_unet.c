@@ -149,8 +149,34 @@ static void test_unet_errors(void)
     CHECK_EQ_INT(rc, LM_EUSAGE);
 }
 
-int main(void)
+/* Comparator for tests/cli/lcm_verify_unet.sh (no Python needed):
+ *   test_unet cmp FILE_A KEY_A FILE_B KEY_B TOL
+ * prints the max |a − b| and exits 0 when it is ≤ TOL (TOL 0: bit-exact),
+ * 1 when larger, 2 on a missing tensor or an element-count mismatch. */
+static int cmp_main(char **argv)
 {
+    lm_source *a = NULL, *b = NULL;
+    int64_t na = 0, nb = 0;
+    float *x = NULL, *y = NULL;
+    if (!lm_source_open(&a, argv[2], NULL, NULL)) x = get(a, argv[3], &na);
+    if (!lm_source_open(&b, argv[4], NULL, NULL)) y = get(b, argv[5], &nb);
+    lm_source_close(a);
+    lm_source_close(b);
+    if (!x || !y || na != nb) {
+        printf("cmp: %s:%s or %s:%s missing or of different sizes\n", argv[2], argv[3], argv[4], argv[5]);
+        free(x); free(y);
+        return 2;
+    }
+    double m = 0, tol = atof(argv[6]);
+    for (int64_t i = 0; i < na; i++) { double d = fabs((double)x[i] - y[i]); if (!(d <= m)) m = d; }
+    printf("%.3g\n", m);
+    free(x); free(y);
+    return m <= tol ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 7 && !strcmp(argv[1], "cmp")) return cmp_main(argv);
     RUN(test_unet_diffusers_layout);
     RUN(test_unet_ldm_layout);
     RUN(test_unet_config_inferred);

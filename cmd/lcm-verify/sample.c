@@ -1,11 +1,203 @@
-/* Placeholder: replaced by the issue that implements this subcommand. */
+/* lcm-verify sample MODEL --input IN --steps K -o OUT: LCM multistep
+ * sampling (UNet + LCM scheduler) from a given x_T and context, with the
+ * re-noising noise given (noise_1 … noise_{K-1}) or drawn from the seeded
+ * torch-compatible RNG; writes the final latent and every step's denoised. */
+#include <getopt.h>
 #include <stdio.h>
-#include "libmerge/err.h"
+#include <stdlib.h>
+#include <string.h>
+
+#include "libmerge/cli.h"
+#include "libmerge/rng.h"
+#include "libmerge/scheduler.h"
+#include "libmerge/unet.h"
+#include "libmerge/writer.h"
+#include "plumbing.h"
 #include "subcommands.h"
+
+#define MAX_LORAS 16
+#define MAX_STEPS 50
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: lcm-verify sample MODEL --input IN --steps K -o OUT [-l LORA[:LAMBDA]]...\n"
+               "                          [--guidance G] [--seed S] [--original-steps N] [--heads N | --head-dim D]\n"
+               "  IN: latent [N,C,h,w] (x_T), context [N,L,D], uncond_context [N,L,D] (with G > 1),\n"
+               "      noise_1 ... noise_{K-1} [N,C,h,w] (optional)\n"
+               "  OUT: latent (final), denoised_1 ... denoised_K\n");
+}
+
+typedef struct {
+    lm_unet *u;
+    lm_lcm s;
+    float guidance;
+    const lv_tensor *lat, *ctx, *unc;
+} run_t;
+
+/* ε at timestep t for x [N,C,h,w], with classifier-free guidance when g > 1 */
+static int eps_at(run_t *r, const float *x, int t, float *eps, float *tmp, lm_err *err)
+{
+    int N = (int)r->lat->shape[0], h = (int)r->lat->shape[2], w = (int)r->lat->shape[3];
+    int L = (int)r->ctx->shape[1];
+    float tv[64];
+    for (int n = 0; n < N; n++) tv[n] = (float)t;
+    int rc = lm_unet_forward(r->u, x, N, h, w, tv, r->ctx->data, L, NULL, eps, err);
+    if (rc || r->guidance <= 1.0f) return rc;
+    rc = lm_unet_forward(r->u, x, N, h, w, tv, r->unc->data, (int)r->unc->shape[1], NULL, tmp, err);
+    if (rc) return rc;
+    size_t n = (size_t)N * r->lat->shape[1] * h * w;
+    lm_cfg_combine(tmp, eps, r->guidance, n);
+    memcpy(eps, tmp, n * sizeof *eps);
+    return 0;
+}
 
 int lv_sample(int argc, char **argv)
 {
-    (void)argc;
-    fprintf(stderr, "lcm-verify: %s: not implemented yet\n", argv[0]);
-    return LM_EXIT_INTERNAL;
+    static const struct option opts[] = {
+        { "input", required_argument, 0, 'i' }, { "output", required_argument, 0, 'o' },
+        { "steps", required_argument, 0, 's' }, { "lora", required_argument, 0, 'l' },
+        { "guidance", required_argument, 0, 'g' }, { "seed", required_argument, 0, 'S' },
+        { "original-steps", required_argument, 0, 'O' }, { "heads", required_argument, 0, 'H' },
+        { "head-dim", required_argument, 0, 'D' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
+    };
+    const char *prog = "lcm-verify sample", *in = NULL, *outp = NULL;
+    char *lspec[MAX_LORAS], *end;
+    int nl = 0, c, steps = 0, orig = 50;
+    double guidance = 1.0;
+    unsigned long long seed = 0;
+    lm_unet_opts uo = LM_UNET_OPTS_INIT;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "i:o:s:l:g:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'i': in = optarg; break;
+        case 'o': outp = optarg; break;
+        case 's':
+            steps = (int)strtol(optarg, &end, 10);
+            if (!*optarg || *end || steps < 1 || steps > MAX_STEPS)
+                return lm_cli_usage_error(prog, "--steps must be 1..%d", MAX_STEPS);
+            break;
+        case 'O':
+            orig = (int)strtol(optarg, &end, 10);
+            if (!*optarg || *end || orig < 1) return lm_cli_usage_error(prog, "bad --original-steps '%s'", optarg);
+            break;
+        case 'l':
+            if (nl == MAX_LORAS) return lm_cli_usage_error(prog, "at most %d LoRAs", MAX_LORAS);
+            lspec[nl++] = optarg;
+            break;
+        case 'g':
+            guidance = strtod(optarg, &end);
+            if (!*optarg || *end || !(guidance >= 0 && guidance < 100))
+                return lm_cli_usage_error(prog, "bad --guidance '%s'", optarg);
+            break;
+        case 'S':
+            seed = strtoull(optarg, &end, 10);
+            if (!*optarg || *end) return lm_cli_usage_error(prog, "bad --seed '%s'", optarg);
+            break;
+        case 'H': uo.num_heads = atoi(optarg); break;
+        case 'D': uo.head_dim = atoi(optarg); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return LM_EXIT_USAGE;
+        }
+    }
+    if (optind != argc - 1 || !in || !outp || !steps) { usage(stderr); return LM_EXIT_USAGE; }
+    const char *model = argv[optind];
+    lm_atomic_install_signal_handlers();
+    lm_err err;
+    lm_err_clear(&err);
+    run_t r;
+    memset(&r, 0, sizeof r);
+    r.guidance = (float)guidance;
+    lm_source *ms = NULL, *is = NULL;
+    lm_lora *loras[MAX_LORAS] = { 0 };
+    float lambdas[MAX_LORAS];
+    lv_tensor lat = { 0 }, ctx = { 0 }, unc = { 0 }, out[MAX_STEPS + 1];
+    lv_tensor noise[MAX_STEPS];
+    char names[MAX_STEPS + 1][32];
+    memset(out, 0, sizeof out);
+    memset(noise, 0, sizeof noise);
+    float *eps = NULL, *tmp = NULL, *x = NULL;
+    lm_lcm_init(&r.s);
+    int rc = lm_lcm_set_timesteps(&r.s, steps, orig, 1.0, &err);
+    if (!rc) rc = lm_source_open(&is, in, NULL, &err);
+    if (!rc) rc = lv_read(is, "latent", 1, 4, 4, &lat, &err);
+    if (!rc) rc = lv_read(is, "context", 1, 3, 3, &ctx, &err);
+    if (!rc && guidance > 1.0) rc = lv_read(is, "uncond_context", 1, 3, 3, &unc, &err);
+    int64_t N = lat.shape[0];
+    size_t n = (size_t)(lat.shape[0] * lat.shape[1] * lat.shape[2] * lat.shape[3]);
+    if (!rc && (ctx.shape[0] != N || (unc.data && unc.shape[0] != N) || N > 64))
+        rc = lm_err_set(&err, LM_EINPUT, in, ctx.shape[0] != N ? "context" : "uncond_context",
+                        LM_ERR_NO_OFFSET, "batch does not match the latent's %lld", (long long)N);
+    for (int k = 1; k < steps && !rc; k++) {
+        snprintf(names[k], sizeof names[k], "noise_%d", k);
+        rc = lv_read(is, names[k], 0, 4, 4, &noise[k], &err);
+        if (!rc && noise[k].data)
+            for (int d = 0; d < 4 && !rc; d++)
+                if (noise[k].shape[d] != lat.shape[d])
+                    rc = lm_err_set(&err, LM_EINPUT, in, names[k], LM_ERR_NO_OFFSET, "shape differs from latent's");
+    }
+    if (!rc) rc = lv_open_loras(lspec, nl, loras, lambdas, &err);
+    if (!rc) rc = lm_source_open(&ms, model, NULL, &err);
+    if (!rc) rc = lm_unet_load(&r.u, ms, &uo, (const lm_lora *const *)loras, lambdas, (size_t)nl, &err);
+    if (!rc) {
+        const lm_unet_config *cfg = lm_unet_config_of(r.u);
+        if (lat.shape[1] != cfg->in_channels || cfg->in_channels != cfg->out_channels)
+            rc = lm_err_set(&err, LM_EINPUT, in, "latent", LM_ERR_NO_OFFSET, "%lld channels, the UNet takes %d",
+                            (long long)lat.shape[1], cfg->in_channels);
+        else if (ctx.shape[2] != cfg->context_dim || (unc.data && unc.shape[2] != cfg->context_dim))
+            rc = lm_err_set(&err, LM_EINPUT, in, "context", LM_ERR_NO_OFFSET, "width %lld, the UNet takes %d",
+                            (long long)ctx.shape[2], cfg->context_dim);
+    }
+    r.lat = &lat; r.ctx = &ctx; r.unc = &unc;
+    if (!rc) {
+        eps = malloc(n * sizeof *eps);
+        tmp = malloc(n * sizeof *tmp);
+        x = malloc(n * sizeof *x);
+        int oom = !eps || !tmp || !x;
+        for (int k = 0; k <= steps; k++) {
+            out[k].ndim = 4;
+            memcpy(out[k].shape, lat.shape, sizeof lat.shape);
+            out[k].data = malloc(n * sizeof(float));
+            oom |= !out[k].data;
+        }
+        if (oom) rc = lm_err_set(&err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
+    }
+    lm_rng rng;
+    lm_rng_seed(&rng, seed);
+    if (!rc) memcpy(x, lat.data, n * sizeof *x);
+    for (int i = 0; i < steps && !rc; i++) {
+        /* out[i+1] = denoised_{i+1}; noise_{i+1} re-noises toward step i+1 */
+        rc = eps_at(&r, x, r.s.timesteps[i], eps, tmp, &err);
+        const float *nz = NULL;
+        if (!rc && i < steps - 1) {
+            if (noise[i + 1].data) {
+                nz = noise[i + 1].data;
+            } else {
+                lm_rng_randn(&rng, tmp, n);   /* as diffusers draws it: randn(latent shape, generator) */
+                nz = tmp;
+            }
+        }
+        if (!rc) rc = lm_lcm_step(&r.s, i, x, eps, nz, n, out[i + 1].data, x, &err);
+        if (!rc && lm_cli_progress_enabled())
+            fprintf(stderr, "\r%s: step %d/%d (t = %d)", prog, i + 1, steps, r.s.timesteps[i]);
+    }
+    if (lm_cli_progress_enabled()) fprintf(stderr, "\n");
+    if (!rc) {
+        static char dn[MAX_STEPS + 1][24];
+        out[0].name = "latent";
+        memcpy(out[0].data, x, n * sizeof *x);
+        for (int k = 1; k <= steps; k++) {
+            snprintf(dn[k], sizeof dn[k], "denoised_%d", k);
+            out[k].name = dn[k];
+        }
+        const char *inputs[2] = { model, in };
+        rc = lv_write(outp, out, (size_t)steps + 1, inputs, 2, "sample", &err);
+    }
+    for (int k = 0; k <= steps; k++) free(out[k].data);
+    for (int k = 0; k < steps; k++) free(noise[k].data);
+    free(lat.data); free(ctx.data); free(unc.data); free(eps); free(tmp); free(x);
+    lm_unet_free(r.u);
+    for (int i = 0; i < nl; i++) lm_lora_close(loras[i]);
+    lm_source_close(ms);
+    lm_source_close(is);
+    return rc ? lm_cli_fail(prog, &err) : 0;
 }

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# lcm-verify unet / schedule / sample against diffusers' goldens
+# (fixtures/golden/sd15; inputs built by fixtures/sampler/make_inputs.py).
+# Tolerances: eps max-abs ≤ 1e-4 (reached 2.8e-6); sampled latents of
+# magnitude ~50 ≤ 1e-3 max-abs, the README's end-to-end bound (reached
+# 3.6e-5, i.e. 7e-7 relative: float32 rounding amplified ~15x by
+# x0 = (x − √(1−ᾱ)ε)/√ᾱ at t = 999); timesteps exact.
+set -u
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-bin}
+CMP="${BUILD:-build}/tests/test_unet cmp"
+G=fixtures/golden/sd15
+F=fixtures/sampler
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+
+ok() { echo "PASS $1"; }
+no() { echo "FAIL $1: $2"; }
+
+# unet: a batch of 3 (t = 999, 759, 1), LDM and diffusers layouts
+for layout in ldm diffusers; do
+  if "$BIN/lcm-verify" unet "$G/unet_$layout.safetensors" --input "$F/unet_in.safetensors" -o "$T/eps_$layout.safetensors" 2>"$T/err"; then
+    d=$($CMP "$T/eps_$layout.safetensors" eps "$F/unet_in.safetensors" expected_eps 1e-4) \
+      && ok "unet_eps_$layout" || no "unet_eps_$layout" "max abs $d"
+  else no "unet_eps_$layout" "exit $?: $(cat "$T/err")"; fi
+done
+$CMP "$T/eps_ldm.safetensors" eps "$T/eps_diffusers.safetensors" eps 0 >/dev/null \
+  && ok unet_layouts_identical || no unet_layouts_identical "LDM and diffusers results differ"
+
+# schedule: timesteps exact (lcm.json)
+check_sched() {
+  local out; out=$("$BIN/lcm-verify" schedule --steps "$1" | tr -d '\n')
+  case "$out" in *"\"timesteps\": [$2]"*) ok "schedule_$1";; *) no "schedule_$1" "got $out";; esac
+}
+check_sched 1 "999"
+check_sched 2 "999, 499"
+check_sched 3 "999, 679, 339"
+check_sched 4 "999, 759, 499, 259"
+check_sched 5 "999, 799, 599, 399, 199"
+check_sched 6 "999, 839, 679, 499, 339, 179"
+check_sched 8 "999, 879, 759, 639, 499, 379, 259, 139"
+"$BIN/lcm-verify" schedule --steps 51 >/dev/null 2>&1; rc=$?
+[ $rc -eq 2 ] && ok schedule_too_many_steps || no schedule_too_many_steps "exit $rc, expected 2"
+
+# sample: the 4-step trace with the injected noise
+if "$BIN/lcm-verify" sample "$G/unet_ldm.safetensors" --input "$F/sample_s4_in.safetensors" --steps 4 -o "$T/s4.safetensors" 2>"$T/err"; then
+  d=$($CMP "$T/s4.safetensors" latent "$F/sample_s4_in.safetensors" expected_latent 1e-3) \
+    && ok sample_s4_final || no sample_s4_final "max abs $d"
+  bad=""
+  for k in 1 2 3 4; do
+    $CMP "$T/s4.safetensors" denoised_$k "$F/sample_s4_in.safetensors" expected_denoised_$k 1e-3 >/dev/null || bad="$bad $k"
+  done
+  [ -z "$bad" ] && ok sample_s4_denoised || no sample_s4_denoised "steps$bad"
+else no sample_s4_final "exit $?: $(cat "$T/err")"; fi
+
+# sample without noise_k: drawn with --seed 105 as torch.Generator().manual_seed(105) draws them
+if "$BIN/lcm-verify" sample "$G/unet_diffusers.safetensors" --input "$F/sample_s4_seed_in.safetensors" --steps 4 --seed 105 -o "$T/seed.safetensors" 2>"$T/err"; then
+  d=$($CMP "$T/seed.safetensors" latent "$F/sample_s4_seed_in.safetensors" expected_latent 1e-3) \
+    && ok sample_seeded_noise || no sample_seeded_noise "max abs $d"
+else no sample_seeded_noise "exit $?: $(cat "$T/err")"; fi
+
+# classifier-free guidance with uncond_context = context is the identity
+if "$BIN/lcm-verify" sample "$G/unet_ldm.safetensors" --input "$F/sample_cfg_in.safetensors" --steps 4 --guidance 1.8 -o "$T/cfg.safetensors" 2>"$T/err"; then
+  d=$($CMP "$T/cfg.safetensors" latent "$T/s4.safetensors" latent 0) \
+    && ok sample_cfg_identity || no sample_cfg_identity "max abs $d"
+else no sample_cfg_identity "exit $?: $(cat "$T/err")"; fi
+
+# errors: exit statuses and no output left behind
+"$BIN/lcm-verify" sample "$G/unet_ldm.safetensors" --input "$F/sample_s4_seed_in.safetensors" --steps 4 --guidance 2 -o "$T/x.safetensors" 2>"$T/err"; rc=$?
+[ $rc -eq 3 ] && grep -q uncond_context "$T/err" && [ ! -e "$T/x.safetensors" ] \
+  && ok sample_missing_uncond || no sample_missing_uncond "exit $rc: $(cat "$T/err")"
+"$BIN/lcm-verify" unet "$G/vae_ldm.safetensors" --input "$F/unet_in.safetensors" -o "$T/x.safetensors" 2>"$T/err"; rc=$?
+[ $rc -eq 3 ] && grep -q "conv_in" "$T/err" && ok unet_not_a_unet || no unet_not_a_unet "exit $rc: $(cat "$T/err")"
+"$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" --input "$F/unet_in.safetensors" -o "$F/unet_in.safetensors" 2>"$T/err"; rc=$?
+[ $rc -eq 2 ] && ok unet_refuses_overwriting_input || no unet_refuses_overwriting_input "exit $rc: $(cat "$T/err")"
+"$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" -o "$T/x.safetensors" 2>/dev/null; rc=$?
+[ $rc -eq 2 ] && ok unet_usage || no unet_usage "exit $rc"
