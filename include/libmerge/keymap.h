@@ -121,18 +121,27 @@ typedef struct lm_target {
 typedef struct lm_keymap lm_keymap;
 
 /* Builds the map of every LoRA spelling (kohya, diffusers, attention
- * processor, PEFT) of every weight in base to its tensor index. */
+ * processor, PEFT, LyCORIS, LDM-path) of every UNet and text-encoder weight
+ * in base to its tensor index (spellings listed in libmerge/keymap/keymap.c;
+ * the VAE is not mapped). An OpenCLIP in_proj_weight [3d,d] in the LDM
+ * layout gets q/k/v_proj targets with row0 = 0, d, 2d and rows = d; its
+ * in_proj_bias is the target's bias (a .diff_b then updates elements
+ * [row0, row0+rows) of it). Errors: LM_EUNSUPPORTED when lm_model_detect
+ * cannot name the architecture or layout (message carries its reason),
+ * LM_ENOMEM. The map refers to base, which must outlive it. */
 int lm_keymap_build(lm_keymap **out, const lm_source *base, lm_err *err);
 void lm_keymap_free(lm_keymap *m);
 const lm_model_info *lm_keymap_info(const lm_keymap *m);
 
 /* Resolves every module of lora onto base: targets[i] for module i
  * (targets has lm_lora_count(lora) slots). Unmatched modules get
- * tensor = -1; with allow_unmatched = 0 any unmatched module is an
- * LM_EMISMATCH error listing the first 20 names and the count. A module
- * whose ΔW cannot fit its target (an SD1.5 LoRA on an SDXL base) is an
- * LM_EMISMATCH error naming both shapes and the likely cause.
- * *n_unmatched (may be NULL) receives the count. */
+ * tensor = -1, bias = -1; with allow_unmatched = 0 any unmatched module
+ * is an LM_EMISMATCH error giving the count and the first names (as many
+ * as fit the message; lm_keymap_format_unmatched lists 20). A module whose
+ * ΔW cannot fit its target (an SD1.5 LoRA on an SDXL base), or a .diff_b
+ * without a base bias, is an LM_EMISMATCH error naming both shapes and the
+ * likely cause; it is reported before unmatched modules, even with
+ * allow_unmatched. *n_unmatched (may be NULL) receives the count. */
 int lm_keymap_resolve(const lm_keymap *m, const lm_lora *lora, int allow_unmatched,
                       lm_target *targets, size_t *n_unmatched, lm_err *err);
 
