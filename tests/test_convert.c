@@ -151,7 +151,7 @@ static void use_ema_replaces_live_weights(void)
     CHECK_EQ_INT(r.n_out, 4);
     lm_source *s = open_out(tmp_out("ema.safetensors"));
     CHECK(s);
-    float w[8], b[2];
+    float w[8], b[3];
     int64_t i = lm_source_find(s, "model.diffusion_model.input_blocks.0.0.weight");
     CHECK(i >= 0);
     CHECK_OK(lm_source_read_f32(s, (size_t)i, w, &e), &e);
