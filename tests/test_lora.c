@@ -146,6 +146,24 @@ static void test_hand_linear(void)
     lm_lora_close(l);
 }
 
+/* The same module saved by torch.save (zip), BF16 0-dim alpha, F16 down */
+static void test_torch_file(void)
+{
+    lm_err e;
+    lm_lora *l = open_lora(FIXTURE("lora/hand_torch.pt"), &e);
+    CHECK_MSG(l, "%s", e.msg);
+    CHECK_EQ_INT(lm_lora_count(l), 1);
+    CHECK_EQ_INT(lm_lora_convention_of(l), LM_LORA_KOHYA);
+    const lm_lora_module *m = lm_lora_module_at(l, 0);
+    CHECK_EQ_STR(m->name, "lora_unet_x");
+    CHECK_NEAR(m->scale, 2, 0);
+    float dw[4];
+    CHECK_OK(lm_lora_delta(l, 0, dw, &e), &e);
+    CHECK_NEAR(dw[0], 6, 0);
+    CHECK_NEAR(dw[3], 16, 0);
+    lm_lora_close(l);
+}
+
 static void test_hand_apply(void)
 {
     lm_err e;
@@ -472,6 +490,7 @@ static void test_errors(void)
 int main(void)
 {
     RUN(test_hand_linear);
+    RUN(test_torch_file);
     RUN(test_hand_apply);
     RUN(test_hand_dora);
     RUN(test_kohya_lora);

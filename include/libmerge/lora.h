@@ -128,8 +128,10 @@ const char *lm_lora_ignored_at(const lm_lora *l, size_t i);
 lm_lora_convention lm_lora_detect(const lm_source *s);
 
 /* ΔW of module i in fp32, scale folded in, written to dst (numel of
- * module->shape floats, row-major). Errors: LM_EIO/LM_EINPUT from reading
- * factors, LM_ENOMEM. */
+ * module->shape floats, row-major). For a DoRA module this is the plain
+ * low-rank ΔW, without the magnitude (use lm_lora_apply). Errors: LM_EUSAGE
+ * (i out of range), LM_EIO/LM_EINPUT from reading factors, LM_ENOMEM.
+ * Formulas and their sources: libmerge/lora/lora_delta.c. */
 int lm_lora_delta(const lm_lora *l, size_t i, float *dst, lm_err *err);
 
 /* Bias update (.diff_b) of module i, out floats; LM_EUSAGE if !has_bias. */
@@ -142,7 +144,15 @@ int lm_lora_delta_bias(const lm_lora *l, size_t i, float *dst, lm_err *err);
  * element counts agree (linear [o,i] onto conv [o,i,1,1], LoKr 2-D onto 4-D).
  * DoRA modules (not linear in λ, so applied one at a time, never summed):
  * W' = m ⊙ V/‖V‖, V = W + λ·ΔW, the norm's axis taken from m's shape.
- * Errors: LM_EMISMATCH naming both shapes when they cannot agree. */
+ * The output dimension must equal `rows` as well, so a transposed layer is
+ * never reinterpreted. DoRA: λ scales ΔW inside the norm (PEFT); the norm is
+ * per output row for m [out] / [out,1,…] (PEFT, newer LyCORIS) and per input
+ * channel over out·kh·kw for m [1,in,…] (older LyCORIS); a packed target's
+ * norm covers only the module's rows. At λ = 1 this equals LyCORIS/ComfyUI;
+ * for other λ they interpolate W + λ·(W′₁ − W) instead.
+ * Errors: LM_EMISMATCH naming both shapes when they cannot agree (or a DoRA
+ * magnitude that fits neither axis), LM_EUSAGE (rows outside the target,
+ * i out of range), those of lm_lora_delta. */
 int lm_lora_apply(const lm_lora *l, size_t i, float lambda, float *W,
                   const int64_t *wshape, int wndim, int64_t row0, int64_t rows, lm_err *err);
 
