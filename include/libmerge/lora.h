@@ -104,6 +104,8 @@ int lm_lora_from_source(lm_lora **out, const lm_source *src, lm_err *err);
 lm_lora_convention lm_lora_convention_of(const lm_lora *l);
 const char *lm_lora_convention_name(lm_lora_convention c);
 const lm_source *lm_lora_source(const lm_lora *l);
+/* Modules are listed in byte order of their names (strcmp), not file order;
+ * lm_lora_module_at returns NULL past the end. */
 size_t lm_lora_count(const lm_lora *l);
 const lm_lora_module *lm_lora_module_at(const lm_lora *l, size_t i);
 
