@@ -1,5 +1,6 @@
 /* lcm-bake — bake λ-weighted LoRAs into a checkpoint: W' = W + Σ λ_i ΔW_i (lcm-bake(1)). */
 #include <getopt.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +163,9 @@ int main(int argc, char **argv)
     if (n == 0) return lm_cli_usage_error(PROG, "no LoRA: give -l LORA[:λ] or --lcm LORA[:λ]");
     const char *base = argv[optind];
     lm_atomic_install_signal_handlers();
+    /* tensor-sized buffers come and go: keep them out of the heap, so freed memory
+     * goes back to the system instead of raising glibc's dynamic mmap threshold */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     if (!json && lm_cli_progress_enabled()) o.progress = progress;
     lm_bake_report r;
     lm_err err;

@@ -292,13 +292,14 @@ typedef struct hash_job {
     int rc;
     lm_err err;
     double seconds;
+    volatile int cancel;
 } hash_job;
 
 static void *hash_thread(void *arg)
 {
     hash_job *h = arg;
     double t0 = now();
-    h->rc = lmm_sha256_file(h->path, h->hex, &h->bytes, &h->err);
+    h->rc = lmm_sha256_file_cancel(h->path, h->hex, &h->bytes, &h->cancel, &h->err);
     h->seconds = now() - t0;
     return NULL;
 }
@@ -512,8 +513,8 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     /* workers start now: they overlap the base hash */
     nth = lmm_threads(o.threads);
     if ((size_t)nth > b.njobs) nth = b.njobs ? (int)b.njobs : 0;
-    b.window = (size_t)nth + 2;
-    b.budget = 256ull << 20;
+    b.window = (size_t)nth + 1;
+    b.budget = 64ull << 20;   /* pending output bytes: bounds resident memory */
     pthread_mutex_init(&b.mu, NULL);
     pthread_cond_init(&b.cv_done, NULL);
     pthread_cond_init(&b.cv_space, NULL);
@@ -597,7 +598,7 @@ stop:
     for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
     openblas_set_num_threads(blas_threads);
 done:
-    if (hash_started) pthread_join(hth, NULL);
+    if (hash_started) { hb.cancel = 1; pthread_join(hth, NULL); }
     lm_writer_abort(w);
     if (b.res) for (size_t j = 0; j < b.njobs; j++) free(b.res[j].buf);
     if (mu_init) {

@@ -11,6 +11,8 @@
 
 /* SHA-256 of a whole file, lower-case hex (streamed in 4 MiB reads). Errors: LM_EIO. */
 int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err);
+/* The same, giving up with LM_EINTR as soon as *cancel becomes non-zero. */
+int lmm_sha256_file_cancel(const char *path, char hex[65], uint64_t *bytes, const volatile int *cancel, lm_err *err);
 
 /* AUTOMATIC1111's legacy short model hash: first 8 hex digits of the SHA-256 of the
  * 64 KiB at byte 0x100000 (of the start of the file when it is shorter). "" on error. */
@@ -48,5 +50,11 @@ int lmm_threads(int requested);
  * attention-processor spellings (processor.to_q_lora, to_out_lora) mapped to the
  * module path (to_q, to_out_0). Returns 0, or LM_EINPUT when name is too long. */
 int lmm_norm_module_name(const lm_lora_module *m, char *out, size_t n);
+
+/* Truncated SVD of ΔW = Uc·Dc given as thin factors (Uc [m, r], Dc [r, n], row-major),
+ * exact through QR of both factors and the SVD of the r×r core (svd.c); falls back to
+ * the dense lm_svd_truncate when r > min(m, n). Outputs as lm_svd_truncate. */
+int lmm_svd_lowrank(const float *Uc, const float *Dc, int64_t m, int64_t n, int64_t r, int rank,
+                    float *up, float *down, int *k_out, double *rel_error, double *energy, lm_err *err);
 
 #endif

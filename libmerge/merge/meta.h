@@ -11,4 +11,11 @@
 int lmm_build_meta(lmm_meta *m, const lm_source *keep, const lm_recipe *r, const char *const *paths,
                    lm_arch arch, int is_lora, const char *title);
 
+/* As lmm_build_meta for a LoRA output (first: the first input, whose kohya ss_* training
+ * metadata is kept), then ss_network_dim/ss_network_alpha set to uniform_rank ("dynamic"
+ * when 0), and the PEFT alpha configuration (lora_adapter_metadata, lora_alpha) dropped:
+ * every output module has scale 1. Returns 0 or LM_ENOMEM. */
+int lmm_lora_meta(lmm_meta *meta, const lm_source *first, const lm_recipe *recipe, const char *const *paths,
+                  lm_arch arch, const char *title, int uniform_rank);
+
 #endif

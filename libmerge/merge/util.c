@@ -21,6 +21,11 @@ static void to_hex(const unsigned char *d, size_t n, char *out)
 
 int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err)
 {
+    return lmm_sha256_file_cancel(path, hex, bytes, NULL, err);
+}
+
+int lmm_sha256_file_cancel(const char *path, char hex[65], uint64_t *bytes, const volatile int *cancel, lm_err *err)
+{
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "cannot open: %s", strerror(errno));
 #ifdef POSIX_FADV_SEQUENTIAL
@@ -36,6 +41,7 @@ int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err
     uint64_t total = 0;
     int rc = 0;
     for (;;) {
+        if (cancel && *cancel) { rc = lm_err_set(err, LM_EINTR, path, NULL, LM_ERR_NO_OFFSET, "hash cancelled"); break; }
         ssize_t r = read(fd, buf, cap);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) { rc = lm_err_set(err, LM_EIO, path, NULL, (int64_t)total, "read: %s", strerror(errno)); break; }
@@ -58,10 +64,10 @@ void lmm_legacy_hash(const char *path, char out[9])
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return;
     unsigned char buf[0x10000];
+    /* as A1111's model_hash: whatever lies there, nothing for a file under 1 MiB */
     ssize_t r = pread(fd, buf, sizeof buf, 0x100000);
-    if (r <= 0) r = pread(fd, buf, sizeof buf, 0);
     close(fd);
-    if (r <= 0) return;
+    if (r < 0) return;
     unsigned char md[32];
     unsigned int mdn = 0;
     if (EVP_Digest(buf, (size_t)r, md, &mdn, EVP_sha256(), NULL) != 1) return;

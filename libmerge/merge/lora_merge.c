@@ -1,0 +1,539 @@
+/* lm_lora_merge: one LoRA whose ΔW is Σ λ_i ΔW_i (merge.h).
+ *
+ * Exact: the ranks are concatenated. With c_i = λ_i · alpha_i / rank_i,
+ *   up = [c_1·up_1 | c_2·up_2 | …]  [out, Σr],   down = [down_1; down_2; …]  [Σr, in·kh·kw],
+ *   alpha = Σr (scale 1), so up·down = Σ c_i up_i down_i = Σ λ_i ΔW_i.
+ * The sign of λ goes into up once; nothing is square-rooted, and each input keeps its own
+ * alpha/rank (a merger that scales both factors by √λ gets λ's sign wrong for λ < 0, and
+ * one that keeps the first input's alpha rescales every other input).
+ * SVD (rank R): the same concatenation is re-factorised exactly through its thin QR
+ * (svd.c) and truncated to R; modules that are not plain up·down (LoHa, LoKr, Tucker,
+ * full) are summed densely and go through sgesdd. */
+#include "merge_impl.h"
+#include "lora_write.h"
+#include "meta.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cblas.h>
+
+/* ---- module names ------------------------------------------------------------- */
+
+static const char *strip_prefix(const char *s, const char *p)
+{
+    size_t n = strlen(p);
+    return strncmp(s, p, n) ? s : s + n;
+}
+
+/* The module path without convention prefix, attention-processor spelling mapped to the
+ * module (processor.to_q_lora → to_q, to_out_lora → to_out.0); dots kept as in the file. */
+static void module_path(const lm_lora_module *m, char *out, size_t n)
+{
+    const char *s = m->name;
+    if (m->convention == LM_LORA_KOHYA) {
+        const char *pre[] = { "lora_unet_", "lora_te1_", "lora_te2_", "lora_te_" };
+        for (size_t i = 0; i < 4; i++) if (!strncmp(s, pre[i], strlen(pre[i]))) { s += strlen(pre[i]); break; }
+        snprintf(out, n, "%s", s);
+        return;
+    }
+    s = strip_prefix(s, "base_model.model.");
+    const char *pre[] = { "unet.", "text_encoder_2.", "text_encoder.", "transformer." };
+    for (size_t i = 0; i < 4; i++) if (!strncmp(s, pre[i], strlen(pre[i]))) { s += strlen(pre[i]); break; }
+    snprintf(out, n, "%s", s);
+    char *p = strstr(out, ".processor.");
+    if (p) memmove(p, p + 10, strlen(p + 10) + 1);    /* drop ".processor" */
+    size_t len = strlen(out);
+    if (len > 5 && !strcmp(out + len - 5, "_lora")) {
+        out[len - 5] = 0;
+        len -= 5;
+        if (len >= 6 && !strcmp(out + len - 6, "to_out") && len + 2 < n) strcat(out, ".0");
+    }
+}
+
+static const char *comp_tag(lm_component c)
+{
+    return c == LM_COMP_TE ? "te" : c == LM_COMP_TE2 ? "te2" : "unet";
+}
+
+int lmm_norm_module_name(const lm_lora_module *m, char *out, size_t n)
+{
+    char path[512];
+    module_path(m, path, sizeof path);
+    for (char *p = path; *p; p++) if (*p == '.') *p = '_';
+    int k = snprintf(out, n, "%s:%s", comp_tag(m->component), path);
+    return k < 0 || (size_t)k >= n ? LM_EINPUT : 0;
+}
+
+/* ---- grouping ------------------------------------------------------------------ */
+
+typedef struct part { size_t in, mod; } part;
+
+typedef struct entry {
+    char key[544];
+    part p;
+} entry;
+
+typedef struct group {
+    const char *key;
+    part *parts;
+    size_t np;
+    lmm_outmod om;
+    lm_lmerge_module rep;
+} group;
+
+typedef struct job {
+    lm_lora **loras;
+    const lm_weighted *in;
+    group *g;
+    size_t ng;
+    int rank;
+    size_t next;
+    pthread_mutex_t mu;
+    int rc;
+    lm_err err;
+} job;
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const entry *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    if (c) return c;
+    return x->p.in < y->p.in ? -1 : x->p.in > y->p.in;
+}
+
+static void shape_str(const int64_t *s, int nd, char *out, size_t n)
+{
+    size_t len = (size_t)snprintf(out, n, "[");
+    for (int d = 0; d < nd && len < n; d++) len += (size_t)snprintf(out + len, n - len, "%s%lld", d ? ", " : "", (long long)s[d]);
+    if (len < n) snprintf(out + len, n - len, "]");
+}
+
+static int64_t numel(const int64_t *s, int nd)
+{
+    int64_t p = 1;
+    for (int d = 0; d < nd; d++) p *= s[d];
+    return p;
+}
+
+/* Shape of the group's ΔW (4-D when any input has it 4-D) and agreement of all inputs. */
+static int group_shape(job *J, group *g, lm_err *err)
+{
+    const lm_lora_module *f = lm_lora_module_at(J->loras[g->parts[0].in], g->parts[0].mod);
+    g->om.ndim = f->ndim;
+    memcpy(g->om.shape, f->shape, sizeof g->om.shape);
+    for (size_t k = 1; k < g->np; k++) {
+        const lm_lora_module *m = lm_lora_module_at(J->loras[g->parts[k].in], g->parts[k].mod);
+        if (m->shape[0] != f->shape[0] || numel(m->shape, m->ndim) != numel(f->shape, f->ndim)) {
+            char a[96], b[96];
+            shape_str(f->shape, f->ndim, a, sizeof a);
+            shape_str(m->shape, m->ndim, b, sizeof b);
+            return lm_err_set(err, LM_EMISMATCH, J->in[g->parts[k].in].path, m->name, LM_ERR_NO_OFFSET,
+                              "ΔW %s, but %s has %s for the same module: LoRAs for different architectures?",
+                              b, J->in[g->parts[0].in].path, a);
+        }
+        if (m->ndim > g->om.ndim) { g->om.ndim = m->ndim; memcpy(g->om.shape, m->shape, sizeof g->om.shape); }
+    }
+    return 0;
+}
+
+static int plain(const lm_lora_module *m)
+{
+    return m->kind == LM_MOD_LORA && !m->has_dora && !m->has_bias;
+}
+
+/* Reads factor f of module i as fp32, expecting cnt elements. */
+static int read_factor(const lm_lora *l, size_t i, lm_lora_factor f, float *dst, int64_t cnt, const char *path, lm_err *err)
+{
+    int64_t e = lm_lora_factor_entry(l, i, f);
+    const lm_source *s = lm_lora_source(l);
+    if (e < 0 || lm_source_entry(s, (size_t)e)->numel != cnt)
+        return lm_err_set(err, LM_EINPUT, path, lm_lora_module_at(l, i)->name, LM_ERR_NO_OFFSET,
+                          "%s factor missing or of the wrong size", f == LM_FAC_UP ? "up" : "down");
+    return lm_source_read_f32(s, (size_t)e, dst, err);
+}
+
+static int compute_group(job *J, group *g, lm_err *err)
+{
+    int rc = group_shape(J, g, err);
+    if (rc) return rc;
+    int64_t out = g->om.shape[0], N = numel(g->om.shape, g->om.ndim) / out, R = 0;
+    int all_plain = 1;
+    for (size_t k = 0; k < g->np; k++) {
+        const lm_lora_module *m = lm_lora_module_at(J->loras[g->parts[k].in], g->parts[k].mod);
+        if (m->has_dora)
+            return lm_err_set(err, LM_EUNSUPPORTED, J->in[g->parts[k].in].path, m->name, LM_ERR_NO_OFFSET,
+                              "DoRA module: not linear in λ, cannot be merged into a LoRA (bake it instead)");
+        if (m->has_bias)
+            return lm_err_set(err, LM_EUNSUPPORTED, J->in[g->parts[k].in].path, m->name, LM_ERR_NO_OFFSET,
+                              "bias update (diff_b) cannot be stored in an up/down LoRA");
+        if (!plain(m)) {
+            all_plain = 0;
+            if (J->rank == 0)
+                return lm_err_set(err, LM_EUNSUPPORTED, J->in[g->parts[k].in].path, m->name, LM_ERR_NO_OFFSET,
+                                  "%s module: --exact concatenates plain up/down modules only; use --rank R",
+                                  lm_module_kind_name(m->kind));
+        }
+        R += m->rank;
+    }
+    g->rep.out = out;
+    g->rep.in = g->om.ndim == 4 ? g->om.shape[1] : N;
+    g->rep.kh = g->om.ndim == 4 ? (int)g->om.shape[2] : 1;
+    g->rep.kw = g->om.ndim == 4 ? (int)g->om.shape[3] : 1;
+    g->rep.sources = (int)g->np;
+    if (all_plain) {
+        float *U = malloc((size_t)(out * R) * sizeof *U), *D = malloc((size_t)(R * N) * sizeof *D);
+        if (!U || !D) { free(U); free(D); return lm_err_set(err, LM_ENOMEM, NULL, g->key, LM_ERR_NO_OFFSET, "out of memory"); }
+        int64_t off = 0;
+        for (size_t k = 0; k < g->np && !rc; k++) {
+            const lm_lora *l = J->loras[g->parts[k].in];
+            const lm_lora_module *m = lm_lora_module_at(l, g->parts[k].mod);
+            int64_t r = m->rank;
+            float *up = malloc((size_t)(out * r) * sizeof *up);
+            if (!up) { rc = lm_err_set(err, LM_ENOMEM, NULL, g->key, LM_ERR_NO_OFFSET, "out of memory"); break; }
+            rc = read_factor(l, g->parts[k].mod, LM_FAC_UP, up, out * r, J->in[g->parts[k].in].path, err);
+            if (!rc) rc = read_factor(l, g->parts[k].mod, LM_FAC_DOWN, D + off * N, r * N, J->in[g->parts[k].in].path, err);
+            float c = (float)(J->in[g->parts[k].in].lambda * (double)m->scale);
+            for (int64_t i = 0; !rc && i < out; i++)
+                for (int64_t j = 0; j < r; j++) U[i * R + off + j] = c * up[i * r + j];
+            free(up);
+            off += r;
+        }
+        if (!rc && J->rank == 0) {
+            g->om.up = U;
+            g->om.down = D;
+            g->om.k = (int)R;
+            g->rep.rank = (int)R;
+            g->rep.rel_error = 0;
+            g->rep.energy = 1;
+            return 0;
+        }
+        if (!rc) {
+            int kmax = (int)(J->rank < R ? J->rank : R);
+            g->om.up = malloc((size_t)(out * (kmax ? kmax : 1)) * sizeof *g->om.up);
+            g->om.down = malloc((size_t)((kmax ? kmax : 1) * N) * sizeof *g->om.down);
+            if (!g->om.up || !g->om.down) rc = lm_err_set(err, LM_ENOMEM, NULL, g->key, LM_ERR_NO_OFFSET, "out of memory");
+            else rc = lmm_svd_lowrank(U, D, out, N, R, J->rank, g->om.up, g->om.down, &g->om.k,
+                                      &g->rep.rel_error, &g->rep.energy, err);
+        }
+        free(U);
+        free(D);
+        g->rep.rank = g->om.k;
+        return rc;
+    }
+    /* dense: Σ λ ΔW, then sgesdd */
+    float *A = calloc((size_t)(out * N), sizeof *A), *d = malloc((size_t)(out * N) * sizeof *d);
+    int64_t p = out < N ? out : N;
+    int kmax = (int)(J->rank < p ? J->rank : p);
+    g->om.up = malloc((size_t)(out * kmax) * sizeof *g->om.up);
+    g->om.down = malloc((size_t)(kmax * N) * sizeof *g->om.down);
+    if (!A || !d || !g->om.up || !g->om.down) { free(A); free(d); return lm_err_set(err, LM_ENOMEM, NULL, g->key, LM_ERR_NO_OFFSET, "out of memory"); }
+    for (size_t k = 0; k < g->np && !rc; k++) {
+        const lm_lora *l = J->loras[g->parts[k].in];
+        rc = lm_lora_delta(l, g->parts[k].mod, d, err);
+        if (rc) { lm_err_file(err, J->in[g->parts[k].in].path); break; }
+        cblas_saxpy((int)(out * N), (float)J->in[g->parts[k].in].lambda, d, 1, A, 1);
+    }
+    if (!rc) rc = lm_svd_truncate(A, out, N, J->rank, g->om.up, g->om.down, &g->om.k, &g->rep.rel_error, &g->rep.energy, err);
+    g->rep.rank = g->om.k;
+    free(A);
+    free(d);
+    return rc;
+}
+
+static void *worker(void *arg)
+{
+    job *J = arg;
+    for (;;) {
+        pthread_mutex_lock(&J->mu);
+        size_t i = J->next++;
+        int stop = J->rc != 0;
+        pthread_mutex_unlock(&J->mu);
+        if (stop || i >= J->ng) break;
+        lm_err e;
+        lm_err_clear(&e);
+        int rc = compute_group(J, &J->g[i], &e);
+        if (rc) {
+            lm_err_key(&e, J->g[i].key);
+            pthread_mutex_lock(&J->mu);
+            if (!J->rc) { J->rc = rc; J->err = e; }
+            pthread_mutex_unlock(&J->mu);
+        }
+    }
+    return NULL;
+}
+
+/* Runs compute_group over every group on `threads` workers, OpenBLAS single-threaded. */
+static int run_groups(job *J, int threads, lm_err *err)
+{
+    int nth = lmm_threads(threads);
+    if ((size_t)nth > J->ng) nth = (int)(J->ng ? J->ng : 1);
+    pthread_mutex_init(&J->mu, NULL);
+    int blas = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    pthread_t *th = calloc((size_t)nth, sizeof *th);
+    int started = 0;
+    for (int i = 0; th && i < nth; i++) {
+        if (pthread_create(&th[i], NULL, worker, J)) break;
+        started++;
+    }
+    if (!started) worker(J);
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    free(th);
+    openblas_set_num_threads(blas);
+    pthread_mutex_destroy(&J->mu);
+    if (J->rc) { *err = J->err; return J->rc; }
+    return 0;
+}
+
+/* ---- output names ------------------------------------------------------------- */
+
+static char *kohya_name(const char *key, const char *te_prefix)
+{
+    const char *colon = strchr(key, ':');
+    char buf[600];
+    if (!strncmp(key, "te2:", 4)) snprintf(buf, sizeof buf, "lora_te2_%s", colon + 1);
+    else if (!strncmp(key, "te:", 3)) snprintf(buf, sizeof buf, "%s%s", te_prefix, colon + 1);
+    else snprintf(buf, sizeof buf, "lora_unet_%s", colon + 1);
+    return strdup(buf);
+}
+
+/* A dotted path from a module whose file spelling has dots (diffusers, PEFT, attnproc). */
+static char *peft_name(job *J, const group *g)
+{
+    for (size_t k = 0; k < g->np; k++) {
+        const lm_lora_module *m = lm_lora_module_at(J->loras[g->parts[k].in], g->parts[k].mod);
+        if (m->convention == LM_LORA_KOHYA) continue;
+        char path[512], buf[600];
+        module_path(m, path, sizeof path);
+        snprintf(buf, sizeof buf, "%s.%s", m->component == LM_COMP_TE ? "text_encoder" :
+                 m->component == LM_COMP_TE2 ? "text_encoder_2" : "unet", path);
+        return strdup(buf);
+    }
+    return NULL;
+}
+
+static lm_dtype widest_dtype(lm_lora **loras, size_t n)
+{
+    int f16 = 0, bf16 = 0, f32 = 0;
+    for (size_t i = 0; i < n; i++) {
+        const lm_source *s = lm_lora_source(loras[i]);
+        for (size_t t = 0; t < lm_source_count(s); t++) {
+            lm_dtype d = lm_source_entry(s, t)->dtype;
+            f16 |= d == LM_DT_F16;
+            bf16 |= d == LM_DT_BF16;
+            f32 |= d == LM_DT_F32 || d == LM_DT_F64;
+        }
+    }
+    if (f32 || (f16 && bf16)) return LM_DT_F32;
+    return bf16 ? LM_DT_BF16 : f16 ? LM_DT_F16 : LM_DT_F32;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void summarise(lm_lmerge_report *rep)
+{
+    double sum = 0;
+    rep->max_rel_error = 0;
+    rep->min_energy = 1;
+    for (size_t i = 0; i < rep->n_modules; i++) {
+        const lm_lmerge_module *m = &rep->modules[i];
+        sum += m->rel_error;
+        if (m->rel_error > rep->max_rel_error) rep->max_rel_error = m->rel_error;
+        if (m->energy < rep->min_energy) rep->min_energy = m->energy;
+    }
+    rep->mean_rel_error = rep->n_modules ? sum / (double)rep->n_modules : 0;
+}
+
+/* Metadata of a LoRA output: the first input's (its kohya ss_* training metadata), with
+ * the values this merge changed, and without the PEFT alpha config it would contradict. */
+int lmm_lora_meta(lmm_meta *meta, const lm_source *first, const lm_recipe *recipe, const char *const *paths,
+                  lm_arch arch, const char *title, int uniform_rank)
+{
+    int rc = lmm_build_meta(meta, first, recipe, paths, arch, 1, title);
+    char buf[32];
+    if (uniform_rank > 0) snprintf(buf, sizeof buf, "%d", uniform_rank);
+    else snprintf(buf, sizeof buf, "dynamic");
+    if (!rc) rc = lmm_meta_set(meta, "ss_network_dim", buf);
+    if (!rc) rc = lmm_meta_set(meta, "ss_network_alpha", buf);
+    if (!rc && !lmm_meta_get(meta, "ss_network_module")) rc = lmm_meta_set(meta, "ss_network_module", "networks.lora");
+    for (size_t i = 0; !rc && i < meta->n; i++)
+        if (!strcmp(meta->keys[i], "lora_adapter_metadata") || !strcmp(meta->keys[i], "lora_alpha")) {
+            free(meta->keys[i]); free(meta->values[i]);
+            meta->keys[i] = meta->keys[meta->n - 1];
+            meta->values[i] = meta->values[meta->n - 1];
+            meta->n--;
+            i--;
+        }
+    return rc;
+}
+
+int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
+                  const lm_lmerge_opts *opts, lm_lmerge_report *report, lm_err *err)
+{
+    lm_lmerge_opts o = LM_LMERGE_OPTS_INIT;
+    if (opts) o = *opts;
+    lm_lmerge_report rl, *rep = report ? report : &rl;
+    memset(rep, 0, sizeof *rep);
+    double t0 = now();
+    if (n == 0) return lm_err_set(err, LM_EUSAGE, out, NULL, LM_ERR_NO_OFFSET, "no input LoRA");
+    if (o.rank < 0) return lm_err_set(err, LM_EUSAGE, out, NULL, LM_ERR_NO_OFFSET, "rank must be positive");
+    const char **paths = calloc(n + 1, sizeof *paths);
+    job J;
+    memset(&J, 0, sizeof J);
+    J.in = inputs;
+    J.rank = o.rank;
+    J.loras = calloc(n, sizeof *J.loras);
+    entry *ents = NULL;
+    size_t ne = 0;
+    lm_source *bsrc = NULL;
+    lm_keymap *km = NULL;
+    lmm_outmod *om = NULL;
+    lmm_meta meta = { 0 };
+    lm_recipe recipe = { 0 };
+    lm_arch arch = LM_ARCH_UNKNOWN;
+    int rc = 0;
+    if (!paths || !J.loras) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+    for (size_t i = 0; i < n; i++) paths[i] = inputs[i].path;
+    if (o.base) paths[n] = o.base;
+    if ((rc = lmm_check_output(out, paths, n + (o.base != NULL), err))) goto done;
+    rep->input_sha256 = calloc(n, sizeof *rep->input_sha256);
+    rep->n_inputs = n;
+    if (!rep->input_sha256) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = lm_lora_open(&J.loras[i], inputs[i].path, NULL, err))) { lm_err_file(err, inputs[i].path); goto done; }
+        if ((rc = lmm_sha256_file(inputs[i].path, rep->input_sha256[i], NULL, err))) goto done;
+        total += lm_lora_count(J.loras[i]);
+    }
+    if (o.base) {
+        if ((rc = lm_source_open(&bsrc, o.base, NULL, err))) goto done;
+        if ((rc = lm_keymap_build(&km, bsrc, err))) { lm_err_file(err, o.base); goto done; }
+        const lm_model_info *info = lm_keymap_info(km);
+        arch = info ? info->arch : LM_ARCH_UNKNOWN;
+    }
+    ents = calloc(total ? total : 1, sizeof *ents);
+    if (!ents) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+    int te1 = 0, te2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t nm = lm_lora_count(J.loras[i]);
+        lm_target *tg = NULL;
+        if (km) {
+            tg = calloc(nm ? nm : 1, sizeof *tg);
+            if (!tg) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+            if ((rc = lm_keymap_resolve(km, J.loras[i], 0, tg, NULL, err))) { lm_err_file(err, inputs[i].path); free(tg); goto done; }
+        }
+        for (size_t m = 0; m < nm; m++) {
+            const lm_lora_module *mod = lm_lora_module_at(J.loras[i], m);
+            te1 |= !strncmp(mod->name, "lora_te1_", 9);
+            te2 |= mod->component == LM_COMP_TE2;
+            entry *e = &ents[ne++];
+            e->p = (part){ i, m };
+            if (tg) snprintf(e->key, sizeof e->key, "t%012lld:%012lld", (long long)tg[m].tensor, (long long)tg[m].row0);
+            else if (lmm_norm_module_name(mod, e->key, sizeof e->key)) {
+                rc = lm_err_set(err, LM_EINPUT, inputs[i].path, mod->name, LM_ERR_NO_OFFSET, "module name too long");
+                free(tg);
+                goto done;
+            }
+        }
+        free(tg);
+    }
+    qsort(ents, ne, sizeof *ents, cmp_entry);
+    J.g = calloc(ne ? ne : 1, sizeof *J.g);
+    part *parts = malloc((ne ? ne : 1) * sizeof *parts);
+    if (!J.g || !parts) { free(parts); rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+    for (size_t i = 0; i < ne; i++) {
+        parts[i] = ents[i].p;
+        if (i == 0 || strcmp(ents[i].key, ents[i - 1].key)) {
+            J.g[J.ng].key = ents[i].key;
+            J.g[J.ng].parts = &parts[i];
+            J.ng++;
+        } else if (ents[i].p.in == ents[i - 1].p.in) {
+            free(parts);
+            rc = lm_err_set(err, LM_EINPUT, inputs[ents[i].p.in].path, lm_lora_module_at(J.loras[ents[i].p.in], ents[i].p.mod)->name,
+                            LM_ERR_NO_OFFSET, "two modules of this file update the same weight");
+            goto done;
+        }
+        J.g[J.ng - 1].np++;
+    }
+    rc = run_groups(&J, o.threads, err);
+    if (rc) { free(parts); goto done; }
+    /* names, report */
+    const char *te_prefix = (te1 || te2) ? "lora_te1_" : "lora_te_";
+    om = calloc(J.ng ? J.ng : 1, sizeof *om);
+    rep->modules = calloc(J.ng ? J.ng : 1, sizeof *rep->modules);
+    rep->n_modules = J.ng;
+    int uniform = -1;
+    for (size_t i = 0; om && rep->modules && i < J.ng; i++) {
+        group *g = &J.g[i];
+        char norm[544];
+        const lm_lora_module *m0 = lm_lora_module_at(J.loras[g->parts[0].in], g->parts[0].mod);
+        lmm_norm_module_name(m0, norm, sizeof norm);
+        g->om.kohya_name = kohya_name(norm, te_prefix);
+        g->om.peft_name = peft_name(&J, g);
+        om[i] = g->om;
+        rep->modules[i] = g->rep;
+        rep->modules[i].name = strdup(o.format == LM_LFMT_PEFT && g->om.peft_name ? g->om.peft_name : g->om.kohya_name);
+        uniform = uniform == -1 ? g->om.k : uniform == g->om.k ? uniform : 0;
+    }
+    free(parts);
+    if (!om || !rep->modules) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+    summarise(rep);
+    /* recipe + metadata */
+    recipe.tool = "lora-merge";
+    recipe.tool_version = LM_TOOL_VERSION;
+    recipe.operation = o.rank ? "lora-merge-svd" : "lora-merge-exact";
+    lm_dtype dt = o.out_dtype != LM_DT_INVALID ? o.out_dtype : widest_dtype(J.loras, n);
+    recipe.dtype = (char *)lm_dtype_name(dt);
+    recipe.rank = o.rank;
+    recipe.format = o.format == LM_LFMT_PEFT ? "peft" : "kohya";
+    recipe.inputs = calloc(n, sizeof *recipe.inputs);
+    if (!recipe.inputs) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+    recipe.n_inputs = n;
+    for (size_t i = 0; i < n; i++) {
+        recipe.inputs[i] = (lm_recipe_input){ (char *)lmm_basename(inputs[i].path), "", lm_source_file_size(lm_lora_source(J.loras[i])),
+                                              inputs[i].lambda, (char *)(inputs[i].role ? inputs[i].role : "lora") };
+        memcpy(recipe.inputs[i].sha256, rep->input_sha256[i], 65);
+    }
+    char title[256];
+    lmm_title(out, title, sizeof title);
+    if (lmm_lora_meta(&meta, lm_lora_source(J.loras[0]), &recipe, paths, arch, title, uniform > 0 ? uniform : 0)) {
+        rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
+        goto done;
+    }
+    rc = lmm_write_lora(out, om, J.ng, o.format, dt, &meta, paths, n + (o.base != NULL), &rep->bytes_written, err);
+done:
+    for (size_t i = 0; J.g && i < J.ng; i++) {
+        free(J.g[i].om.up); free(J.g[i].om.down); free(J.g[i].om.kohya_name); free(J.g[i].om.peft_name);
+    }
+    free(J.g);
+    free(om);
+    free(ents);
+    for (size_t i = 0; J.loras && i < n; i++) lm_lora_close(J.loras[i]);
+    free(J.loras);
+    lm_keymap_free(km);
+    lm_source_close(bsrc);
+    lmm_meta_free(&meta);
+    free(recipe.inputs);
+    free(paths);
+    rep->seconds_total = now() - t0;
+    if (rc || !report) lm_lmerge_report_free(rep);
+    return rc;
+}
+
+void lm_lmerge_report_free(lm_lmerge_report *r)
+{
+    if (!r) return;
+    for (size_t i = 0; i < r->n_modules; i++) free(r->modules[i].name);
+    free(r->modules);
+    free(r->input_sha256);
+    memset(r, 0, sizeof *r);
+}
