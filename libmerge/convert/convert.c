@@ -278,8 +278,8 @@ static int write_item(conv *c, lm_writer *w, const plan_item *it, unsigned char 
         for (size_t k = 0; k < n && !rc; k += CHUNK_ELEMS) {
             size_t m = n - k < CHUNK_ELEMS ? n - k : CHUNK_ELEMS;
             rc = emit(w, raw + k * es, e->dtype, it->dtype, m, chunk, &ovf, err);
+            release_pages(raw + k * es, m * es);   /* resident memory stays about one chunk */
         }
-        release_pages(raw, e->nbytes);
     } else {
         unsigned char *buf = malloc(e->nbytes ? e->nbytes : 1);
         unsigned char *tmp = it->transpose ? malloc(e->nbytes ? e->nbytes : 1) : NULL;
