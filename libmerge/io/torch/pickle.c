@@ -89,6 +89,7 @@ static const struct { const char *module, *name; int kind; lm_dtype dt; } k_whit
 struct pk_ctx {
     pk_value **all;               /* every value, freed together */
     size_t n_all, cap_all;
+    size_t n_items;               /* container slots in use, bounded by PK_MAX_ITEMS */
     pk_value **stack;
     size_t sp, cap_stack;
     size_t *marks;
@@ -116,7 +117,11 @@ static int bad(pk_ctx *c, int code, const char *fmt, ...)
     return lm_err_set(c->err, code, c->path, NULL, c->base + (int64_t)c->op_at, "pickle: %s", msg);
 }
 
-static int oom(pk_ctx *c) { return bad(c, LM_ENOMEM, "out of memory"); }
+static int oom(pk_ctx *c)
+{
+    if (c->n_all >= PK_MAX_VALUES) return bad(c, LM_ENOMEM, "more than %zu objects", PK_MAX_VALUES);
+    return bad(c, LM_ENOMEM, "out of memory");
+}
 
 /* Grows *arr (elements of size sz) to hold at least need. */
 static int grow(void **arr, size_t *cap, size_t need, size_t sz)
@@ -136,6 +141,7 @@ static int grow(void **arr, size_t *cap, size_t need, size_t sz)
 
 static pk_value *new_value(pk_ctx *c, pk_kind kind)
 {
+    if (c->n_all >= PK_MAX_VALUES) return NULL;
     if (grow((void **)&c->all, &c->cap_all, c->n_all + 1, sizeof *c->all)) return NULL;
     pk_value *v = calloc(1, sizeof *v);
     if (!v) return NULL;
@@ -149,6 +155,7 @@ static int add_item(pk_ctx *c, pk_value *container, pk_value *child)
 {
     if (child->depth + 1 > PK_MAX_DEPTH)
         return bad(c, LM_EINPUT, "nesting deeper than %d levels", PK_MAX_DEPTH);
+    if (++c->n_items > PK_MAX_ITEMS) return bad(c, LM_ENOMEM, "more than %zu container items", PK_MAX_ITEMS);
     if (grow((void **)&container->items, &container->cap, container->n + 1, sizeof *container->items)) return oom(c);
     container->items[container->n++] = child;
     if (child->depth + 1 > container->depth) container->depth = child->depth + 1;
@@ -373,17 +380,18 @@ static int rebuild_tensor(pk_ctx *c, int kind, const pk_value *args, pk_value **
     if (args->n < min) return bad(c, LM_EINPUT, "tensor rebuild with %zu arguments (needs %zu)", args->n, min);
     pk_value *st = args->items[0];
     if (st->kind != PK_PERSID) return bad(c, LM_EINPUT, "tensor storage is not a persistent id");
-    pk_value *t = new_value(c, PK_TENSOR);
-    if (!t) return oom(c);
+    pk_value *v = new_value(c, PK_TENSOR);
+    if (!v || !(v->t = calloc(1, sizeof *v->t))) return oom(c);
+    pk_tensor *t = v->t;
     t->storage = st;
-    t->dtype = LM_DT_INVALID;
+    v->dtype = LM_DT_INVALID;
     const pk_value *pid = st->items[0];
     if (pid->kind == PK_TUPLE && pid->n >= 2 && pid->items[1]->kind == PK_GLOBAL)
-        t->dtype = pid->items[1]->dtype;
+        v->dtype = pid->items[1]->dtype;
     if (kind == W_REBUILD_V3) {
         const pk_value *d = args->items[6];
         if (d->kind != PK_GLOBAL || d->i != W_DTYPE) return bad(c, LM_EINPUT, "_rebuild_tensor_v3 dtype is not a torch dtype");
-        t->dtype = d->dtype;
+        v->dtype = d->dtype;
     }
     if (get_int(args->items[1], &t->storage_offset) || t->storage_offset < 0)
         return bad(c, LM_EINPUT, "tensor storage offset is not a non-negative integer");
@@ -393,7 +401,7 @@ static int rebuild_tensor(pk_ctx *c, int kind, const pk_value *args, pk_value **
     if (rc) return rc;
     if (nd1 != nd2) return bad(c, LM_EINPUT, "tensor size has %d dimensions, stride %d", nd1, nd2);
     t->ndim = nd1;
-    *out = t;
+    *out = v;
     return 0;
 }
 
@@ -793,6 +801,7 @@ void pk_free(pk_ctx *c)
     for (size_t k = 0; k < c->n_all; k++) {
         free(c->all[k]->s);
         free(c->all[k]->items);
+        free(c->all[k]->t);
         free(c->all[k]);
     }
     free(c->all);

@@ -10,7 +10,9 @@
  * os.system") unless skip_unknown, which reads it as an opaque value.
  *
  * Limits: nesting depth and mark depth PK_MAX_DEPTH, memo PK_MAX_MEMO
- * entries assigned in order, every length checked against the bytes left.
+ * entries assigned in order, PK_MAX_VALUES objects and PK_MAX_ITEMS
+ * container slots (about 600 MB at worst), every length checked against
+ * the bytes left.
  * The whitelist covers A1111's modules/safe.py allowlist plus the torch
  * storage types, dtypes and rebuild functions of torch 1.x/2.x.
  */
@@ -25,6 +27,8 @@
 
 #define PK_MAX_DEPTH 1000
 #define PK_MAX_MEMO (1u << 24)
+#define PK_MAX_VALUES ((size_t)1 << 22)   /* objects in one pickle (an SD checkpoint has ~20,000) */
+#define PK_MAX_ITEMS ((size_t)1 << 24)    /* container slots in one pickle */
 
 typedef enum pk_kind {
     PK_NONE, PK_BOOL, PK_INT, PK_BIGINT, PK_FLOAT, PK_STR, PK_BYTES,
@@ -36,21 +40,26 @@ typedef enum pk_kind {
 } pk_kind;
 
 typedef struct pk_value pk_value;
+
+/* A rebuilt tensor record: _rebuild_tensor_v2's arguments, no data. */
+typedef struct pk_tensor {
+    pk_value *storage;            /* the PK_PERSID */
+    int64_t storage_offset;       /* elements */
+    int ndim;
+    int64_t size[LM_MAX_DIMS], stride[LM_MAX_DIMS];
+} pk_tensor;
+
 struct pk_value {
     pk_kind kind;
     int depth;                    /* 1 + deepest child, bounded by PK_MAX_DEPTH */
-    int64_t i;                    /* INT, BOOL; GLOBAL: its pk_global id */
+    int64_t i;                    /* INT, BOOL; GLOBAL: how it is interpreted */
     double f;
     char *s;                      /* STR/BYTES/BIGINT bytes, GLOBAL/OPAQUE name; NUL-terminated */
     size_t len;
     pk_value **items;
     size_t n, cap;
-    /* PK_TENSOR */
-    pk_value *storage;            /* the PK_PERSID */
-    lm_dtype dtype;               /* from the storage type, or the v3 dtype argument */
-    int64_t storage_offset;       /* elements */
-    int ndim;
-    int64_t size[LM_MAX_DIMS], stride[LM_MAX_DIMS];
+    lm_dtype dtype;               /* GLOBAL: storage type's or dtype's; TENSOR: its dtype */
+    pk_tensor *t;                 /* PK_TENSOR */
 };
 
 typedef struct pk_ctx pk_ctx;

@@ -110,7 +110,8 @@ static int name_push(name_buf *b, const char *part, size_t *saved)
 
 static int add_tensor(lm_source *s, tt_backend *be, const char *name, const pk_value *v, lm_err *err)
 {
-    const pk_value *id = v->storage->items[0];
+    const pk_tensor *tv = v->t;
+    const pk_value *id = tv->storage->items[0];
     if (id->kind != PK_TUPLE || id->n < 3 || id->items[2]->kind != PK_STR)
         return lm_err_set(err, LM_EINPUT, s->path, name, LM_ERR_NO_OFFSET, "tensor without a storage reference");
     tt_storage *st = tt_find_storage(be, id->items[2]->s);
@@ -119,23 +120,23 @@ static int add_tensor(lm_source *s, tt_backend *be, const char *name, const pk_v
         return lm_err_set(err, LM_EUNSUPPORTED, s->path, name, LM_ERR_NO_OFFSET, "storage type %s is not supported", st->type);
     uint64_t es = lm_dtype_size(v->dtype);
     /* the last element's index, bounded by the storage (torch checks the same on load) */
-    uint64_t numel = 1, last = (uint64_t)v->storage_offset, t;
+    uint64_t numel = 1, last = (uint64_t)tv->storage_offset, t;
     int contiguous = 1;
     uint64_t expect = 1;
-    for (int d = v->ndim - 1; d >= 0; d--) {
-        numel *= (uint64_t)v->size[d];
-        if (v->size[d] == 0) continue;
-        if (__builtin_mul_overflow((uint64_t)(v->size[d] - 1), (uint64_t)v->stride[d], &t) || __builtin_add_overflow(last, t, &last))
+    for (int d = tv->ndim - 1; d >= 0; d--) {
+        numel *= (uint64_t)tv->size[d];
+        if (tv->size[d] == 0) continue;
+        if (__builtin_mul_overflow((uint64_t)(tv->size[d] - 1), (uint64_t)tv->stride[d], &t) || __builtin_add_overflow(last, t, &last))
             return lm_err_set(err, LM_EINPUT, s->path, name, LM_ERR_NO_OFFSET, "tensor extent overflows 64 bits");
-        if (v->size[d] != 1 && (uint64_t)v->stride[d] != expect) contiguous = 0;
-        if (__builtin_mul_overflow(expect, (uint64_t)v->size[d], &expect)) contiguous = 0;
+        if (tv->size[d] != 1 && (uint64_t)tv->stride[d] != expect) contiguous = 0;
+        if (__builtin_mul_overflow(expect, (uint64_t)tv->size[d], &expect)) contiguous = 0;
     }
     uint64_t end;
     if (numel && (__builtin_add_overflow(last, 1, &end) || __builtin_mul_overflow(end, es, &end) || end > st->nbytes))
         return lm_err_set(err, LM_EINPUT, s->path, name, LM_ERR_NO_OFFSET,
                           "tensor reaches past its storage %s (%llu bytes)", st->key, (unsigned long long)st->nbytes);
     size_t idx;
-    int rc = lm_source_add(s, name, v->dtype, v->ndim, v->size, 0, &idx, err);
+    int rc = lm_source_add(s, name, v->dtype, tv->ndim, tv->size, 0, &idx, err);
     if (rc) return rc;
     if (idx >= be->cap_t) {
         size_t cap = be->cap_t ? 2 * be->cap_t : 64;
@@ -146,10 +147,10 @@ static int add_tensor(lm_source *s, tt_backend *be, const char *name, const pk_v
     }
     tt_tensor *tt = &be->t[idx];
     tt->storage = (size_t)(st - be->st);
-    tt->offset = v->storage_offset;
-    tt->ndim = v->ndim;
-    memcpy(tt->size, v->size, sizeof tt->size);
-    memcpy(tt->stride, v->stride, sizeof tt->stride);
+    tt->offset = tv->storage_offset;
+    tt->ndim = tv->ndim;
+    memcpy(tt->size, tv->size, sizeof tt->size);
+    memcpy(tt->stride, tv->stride, sizeof tt->stride);
     tt->contiguous = contiguous;
     return 0;
 }
