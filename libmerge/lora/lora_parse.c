@@ -58,9 +58,9 @@ typedef struct suffix_rule {
     size_t keep;               /* characters of the suffix kept in the name (attnproc "_lora") */
 } suffix_rule;
 
-/* Longer suffixes that end another one come first (".lokr_w1_a" before ".lokr_w1"
- * never collide since ends-with is exact, but ".lora_magnitude_vector.weight"
- * must win over nothing shorter; order is for reading). */
+/* A key takes the longest suffix it ends with, so the order here is only
+ * for reading (".lora.down.weight" and "_lora.down.weight" differ in the
+ * character before "lora", and no suffix ends another one). */
 static const suffix_rule RULES[] = {
     { ".lora_down.weight", LM_FAC_DOWN, LM_LORA_KOHYA, 0 },
     { ".lora_up.weight", LM_FAC_UP, LM_LORA_KOHYA, 0 },
