@@ -316,6 +316,28 @@ static char *peft_name(job *J, const group *g)
     return NULL;
 }
 
+/* PEFT name from the base tensor a group targets (key "t<tensor>:<row0>"): the diffusers
+ * name of the weight without ".weight"; NULL for packed (row-sliced) targets. */
+static char *peft_from_base(const lm_source *base, const lm_model_info *info, const char *key)
+{
+    long long t = -1, row0 = -1;
+    if (!info || sscanf(key, "t%lld:%lld", &t, &row0) != 2 || t < 0 || row0 != 0) return NULL;
+    const lm_entry *e = lm_source_entry(base, (size_t)t);
+    char buf[600];
+    int reshape = 0;
+    if (info->layout == LM_LAYOUT_LDM) {
+        if (lm_layout_convert_name(info->arch, LM_LAYOUT_LDM, LM_LAYOUT_DIFFUSERS, e->name, buf, sizeof buf, &reshape))
+            return NULL;
+    } else if (!strncmp(e->name, "unet.", 5) || !strncmp(e->name, "text_encoder", 12)) {
+        snprintf(buf, sizeof buf, "%s", e->name);
+    } else {
+        snprintf(buf, sizeof buf, "unet.%s", e->name);
+    }
+    size_t n = strlen(buf);
+    if (n > 7 && !strcmp(buf + n - 7, ".weight")) buf[n - 7] = 0;
+    return strdup(buf);
+}
+
 static lm_dtype widest_dtype(lm_lora **loras, size_t n)
 {
     int f16 = 0, bf16 = 0, f32 = 0;
@@ -479,6 +501,7 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
         lmm_norm_module_name(m0, norm, sizeof norm);
         g->om.kohya_name = kohya_name(norm, te_prefix);
         g->om.peft_name = peft_name(&J, g);
+        if (!g->om.peft_name && km) g->om.peft_name = peft_from_base(bsrc, lm_keymap_info(km), g->key);
         om[i] = g->om;
         rep->modules[i] = g->rep;
         rep->modules[i].name = strdup(o.format == LM_LFMT_PEFT && g->om.peft_name ? g->om.peft_name : g->om.kohya_name);

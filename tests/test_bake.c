@@ -1,0 +1,460 @@
+/* lm_bake: values against the numpy reference (fixtures/bake/make_fixtures.py), the λ = −1
+ * round trip, bake of two LoRAs = bake of their exact merge, every refusal, metadata. */
+#include <dirent.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cJSON.h>
+#include <openssl/evp.h>
+#include "test.h"
+#include "libmerge/merge.h"
+#include "libmerge/source.h"
+#include "libmerge/writer.h"
+
+#define BASE FIXTURE("golden/sd15/unet_ldm.safetensors")
+#define BASE_SHA "ff843e57ff8836dd1f20372184179c1147a591e508a6df3abf92317ae5ca8663"
+#define LA FIXTURE("bake/lora_a_kohya.safetensors")
+#define LB FIXTURE("bake/lora_b_diffusers.safetensors")
+
+static char dir[64];
+
+static const char *tmp(const char *name)
+{
+    static char buf[8][320];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
+}
+
+static int exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* Entries of dir other than . and .. whose name contains `part`. */
+static int count_in_dir(const char *part)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strstr(e->d_name, part)) n++;
+    if (d) closedir(d);
+    return n;
+}
+
+static float *read_f32(const lm_source *s, const char *name)
+{
+    int64_t i = lm_source_find(s, name);
+    if (i < 0) return NULL;
+    float *v = malloc((size_t)lm_source_entry(s, (size_t)i)->numel * sizeof *v);
+    if (v && lm_source_read_f32(s, (size_t)i, v, NULL)) { free(v); return NULL; }
+    return v;
+}
+
+/* Distance in fp16 units in the last place (ordered bit patterns). */
+static int f16_ulps(uint16_t a, uint16_t b)
+{
+    int x = (a & 0x8000) ? -(int)(a & 0x7fff) : (int)a, y = (b & 0x8000) ? -(int)(b & 0x7fff) : (int)b;
+    return abs(x - y);
+}
+
+static int bake2(const char *out, lm_dtype dt, double la, double lb, lm_bake_report *rep, lm_err *err)
+{
+    lm_weighted in[2] = { { LA, la, NULL }, { LB, lb, NULL } };
+    lm_bake_opts o = LM_BAKE_OPTS_INIT;
+    o.out_dtype = dt;
+    return lm_bake(BASE, in, 2, out, &o, rep, err);
+}
+
+static void test_bake_matches_numpy_f32(void)
+{
+    lm_err err;
+    lm_bake_report rep;
+    const char *out = tmp("f32.safetensors");
+    CHECK_OK(bake2(out, LM_DT_INVALID, 0.8, -0.5, &rep, &err), &err);
+    CHECK_EQ_INT(rep.touched, 7);
+    CHECK_EQ_INT(rep.copied, 677);
+    CHECK_EQ_INT(rep.loras[0].matched, 6);
+    CHECK_EQ_INT(rep.loras[1].matched, 4);
+    lm_bake_report_free(&rep);
+    lm_source *o = NULL, *r = NULL, *b = NULL;
+    CHECK_OK(lm_source_open(&o, out, NULL, &err), &err);
+    CHECK_OK(lm_source_open(&r, FIXTURE("bake/ref_bake_f32.safetensors"), NULL, &err), &err);
+    CHECK_OK(lm_source_open(&b, BASE, NULL, &err), &err);
+    double worst = 0;
+    for (size_t i = 0; i < lm_source_count(r); i++) {
+        const lm_entry *e = lm_source_entry(r, i);
+        float *x = read_f32(o, e->name), *y = read_f32(r, e->name);
+        CHECK(x && y);
+        for (int64_t k = 0; k < e->numel; k++) worst = fmax(worst, fabs((double)x[k] - y[k]));
+        free(x);
+        free(y);
+    }
+    /* the reference rounds the float64 result once; fp32 sgemm sums differ by a few ulp of |W| ≤ 1 */
+    CHECK_NEAR(worst, 0, 5e-7);
+    for (size_t i = 0; i < lm_source_count(b); i++) {
+        const lm_entry *e = lm_source_entry(b, i);
+        if (lm_source_find(r, e->name) >= 0) continue;
+        int64_t j = lm_source_find(o, e->name);
+        CHECK(j >= 0);
+        CHECK_MSG(!memcmp(lm_source_raw(b, i), lm_source_raw(o, (size_t)j), e->nbytes), "%s not copied byte for byte", e->name);
+    }
+    lm_source_close(o); lm_source_close(r); lm_source_close(b);
+}
+
+static void test_bake_matches_numpy_f16(void)
+{
+    lm_err err;
+    lm_bake_report rep;
+    const char *out = tmp("f16.safetensors");
+    CHECK_OK(bake2(out, LM_DT_F16, 0.8, -0.5, &rep, &err), &err);
+    CHECK_EQ_INT(rep.converted, 677);
+    lm_bake_report_free(&rep);
+    lm_source *o = NULL, *r = NULL, *b = NULL;
+    CHECK_OK(lm_source_open(&o, out, NULL, &err), &err);
+    CHECK_OK(lm_source_open(&r, FIXTURE("bake/ref_bake_f16.safetensors"), NULL, &err), &err);
+    CHECK_OK(lm_source_open(&b, BASE, NULL, &err), &err);
+    int worst = 0;
+    for (size_t i = 0; i < lm_source_count(o); i++) {
+        const lm_entry *e = lm_source_entry(o, i);
+        CHECK_EQ_INT(e->dtype, LM_DT_F16);
+        const uint8_t *x = lm_source_raw(o, i);
+        int64_t j = lm_source_find(r, e->name);
+        if (j >= 0) {      /* touched: the numpy float64 result rounded once; ours fp32 then once */
+            const uint8_t *y = lm_source_raw(r, (size_t)j);
+            for (int64_t k = 0; k < e->numel; k++) {
+                uint16_t a, c;
+                memcpy(&a, x + 2 * k, 2);
+                memcpy(&c, y + 2 * k, 2);
+                if (f16_ulps(a, c) > worst) worst = f16_ulps(a, c);
+            }
+        } else {           /* untouched: exactly round-to-nearest-even of the base */
+            float *w = read_f32(b, e->name);
+            CHECK(w);
+            for (int64_t k = 0; k < e->numel; k++) {
+                uint16_t a;
+                memcpy(&a, x + 2 * k, 2);
+                if (a != lm_f32_to_f16(w[k])) { free(w); FAILF("%s[%lld] not RNE of the base", e->name, (long long)k); }
+            }
+            free(w);
+        }
+    }
+    CHECK(worst <= 1);
+    lm_source_close(o); lm_source_close(r); lm_source_close(b);
+}
+
+/* One fp16 ulp at magnitude m (normal range; 2^-24 below it). */
+static double ulp16(double m)
+{
+    if (m < 6.103515625e-05) return 5.9604644775390625e-08;
+    return ldexp(1.0, ilogb(m) - 10);
+}
+
+/* Bake +λ, then −λ, both rounding to fp16: each element comes back within one fp16 ulp —
+ * the ulp of the larger of |W| and |W + λΔW| (X = rne(W + λΔW) carries half an ulp of its
+ * own magnitude, rne(X − λΔW) adds half an ulp of the result's). */
+static void test_bake_minus_lambda_returns_base(void)
+{
+    lm_err err;
+    const char *b16 = tmp("base16.safetensors"), *x = tmp("plus.safetensors"), *y = tmp("minus.safetensors");
+    lm_weighted zero = { LA, 0.0, NULL };
+    lm_weighted plus[2] = { { LA, 1.0, NULL }, { LB, 0.7, NULL } }, minus[2] = { { LA, -1.0, NULL }, { LB, -0.7, NULL } };
+    lm_bake_opts o = LM_BAKE_OPTS_INIT;
+    o.out_dtype = LM_DT_F16;
+    CHECK_OK(lm_bake(BASE, &zero, 1, b16, &o, NULL, &err), &err);   /* an fp16 base: rne(W + 0) */
+    o.out_dtype = LM_DT_INVALID;
+    CHECK_OK(lm_bake(b16, plus, 2, x, &o, NULL, &err), &err);
+    CHECK_OK(lm_bake(x, minus, 2, y, &o, NULL, &err), &err);
+    lm_source *b = NULL, *p = NULL, *r = NULL;
+    CHECK_OK(lm_source_open(&b, b16, NULL, &err), &err);
+    CHECK_OK(lm_source_open(&p, x, NULL, &err), &err);
+    CHECK_OK(lm_source_open(&r, y, NULL, &err), &err);
+    CHECK_EQ_INT(lm_source_count(r), lm_source_count(b));
+    int64_t changed = 0, bad = 0, exact_back = 0;
+    for (size_t i = 0; i < lm_source_count(b); i++) {
+        const lm_entry *e = lm_source_entry(b, i);
+        CHECK_EQ_INT(e->dtype, LM_DT_F16);
+        float *w = read_f32(b, e->name), *xv = read_f32(p, e->name), *yv = read_f32(r, e->name);
+        CHECK(w && xv && yv);
+        for (int64_t k = 0; k < e->numel; k++) {
+            double m = fmax(fabs(w[k]), fabs(xv[k]));
+            if (fabs((double)yv[k] - w[k]) > ulp16(m)) bad++;
+            if (xv[k] != w[k]) { changed++; exact_back += yv[k] == w[k]; }
+        }
+        free(w); free(xv); free(yv);
+    }
+    CHECK_MSG(bad == 0, "%lld elements more than one fp16 ulp from the base", (long long)bad);
+    CHECK(changed > 1000);            /* the LoRAs did change the weights */
+    CHECK(exact_back > changed / 2);  /* and most came back bit for bit */
+    lm_source_close(b); lm_source_close(p); lm_source_close(r);
+}
+
+static void test_bake_equals_bake_of_exact_merge(void)
+{
+    lm_err err;
+    const char *m = tmp("merged.safetensors"), *p = tmp("viamerge.safetensors"), *q = tmp("direct.safetensors");
+    lm_weighted in[2] = { { LA, 0.8, NULL }, { LB, -0.5, NULL } };
+    lm_lmerge_opts mo = LM_LMERGE_OPTS_INIT;
+    mo.out_dtype = LM_DT_F32;
+    CHECK_OK(lm_lora_merge(in, 2, m, &mo, NULL, &err), &err);
+    lm_weighted one = { m, 1.0, NULL };
+    CHECK_OK(lm_bake(BASE, &one, 1, p, NULL, NULL, &err), &err);
+    CHECK_OK(bake2(q, LM_DT_INVALID, 0.8, -0.5, NULL, &err), &err);
+    lm_source *a = NULL, *b = NULL;
+    CHECK_OK(lm_source_open(&a, p, NULL, &err), &err);
+    CHECK_OK(lm_source_open(&b, q, NULL, &err), &err);
+    double worst = 0;
+    for (size_t i = 0; i < lm_source_count(a); i++) {
+        const lm_entry *e = lm_source_entry(a, i);
+        float *x = read_f32(a, e->name), *y = read_f32(b, e->name);
+        CHECK(x && y);
+        for (int64_t k = 0; k < e->numel; k++) worst = fmax(worst, fabs((double)x[k] - y[k]));
+        free(x);
+        free(y);
+    }
+    CHECK_NEAR(worst, 0, 5e-7);   /* fp32 rounding before the final cast, |W| < 1 */
+    lm_source_close(a);
+    lm_source_close(b);
+}
+
+static void test_bake_threads_give_identical_files(void)
+{
+    lm_err err;
+    const char *a = tmp("t1.safetensors"), *b = tmp("t2.safetensors");
+    lm_weighted in[2] = { { LA, 0.8, NULL }, { LB, -0.5, NULL } };
+    lm_bake_opts o = LM_BAKE_OPTS_INIT;
+    o.out_dtype = LM_DT_F16;
+    o.title = "same";
+    o.threads = 1;
+    CHECK_OK(lm_bake(BASE, in, 2, a, &o, NULL, &err), &err);
+    o.threads = 3;
+    CHECK_OK(lm_bake(BASE, in, 2, b, &o, NULL, &err), &err);
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    CHECK(fa && fb);
+    int same = 1, ca, cb;
+    do { ca = fgetc(fa); cb = fgetc(fb); if (ca != cb) same = 0; } while (same && ca != EOF);
+    fclose(fa);
+    fclose(fb);
+    CHECK(same);
+}
+
+static void test_bake_refuses_unmatched_keys(void)
+{
+    lm_err err;
+    const char *out = tmp("unmatched.safetensors");
+    lm_weighted in = { FIXTURE("bake/lora_unmatched.safetensors"), 1.0, NULL };
+    CHECK_EQ_INT(lm_bake(BASE, &in, 1, out, NULL, NULL, &err), LM_EMISMATCH);
+    CHECK(strstr(err.msg, "to_zz") || strstr(err.key, "to_zz"));
+    CHECK(!exists(out));
+    CHECK_EQ_INT(count_in_dir("unmatched"), 0);
+    lm_bake_opts o = LM_BAKE_OPTS_INIT;
+    o.allow_unmatched = 1;
+    lm_bake_report rep;
+    CHECK_OK(lm_bake(BASE, &in, 1, out, &o, &rep, &err), &err);
+    CHECK_EQ_INT(rep.loras[0].unmatched, 1);
+    CHECK_EQ_INT(rep.loras[0].matched, 1);
+    CHECK_EQ_INT(rep.touched, 1);
+    lm_bake_report_free(&rep);
+}
+
+static void test_bake_refuses_shape_mismatch(void)
+{
+    lm_err err;
+    const char *out = tmp("badshape.safetensors");
+    lm_weighted in[2] = { { LA, 1.0, NULL }, { FIXTURE("bake/lora_badshape.safetensors"), 1.0, NULL } };
+    CHECK_EQ_INT(lm_bake(BASE, in, 2, out, NULL, NULL, &err), LM_EMISMATCH);
+    CHECK(!exists(out));
+    CHECK_EQ_INT(count_in_dir("badshape"), 0);
+}
+
+static void test_bake_refuses_other_architecture(void)
+{
+    lm_err err;
+    const char *out = tmp("otherarch.safetensors");
+    /* an SD1-shaped LoRA on a (tiny) SDXL UNet */
+    lm_weighted in = { LA, 1.0, NULL };
+    int rc = lm_bake(FIXTURE("golden/sdxl/unet_tiny_sdxl_original.safetensors"), &in, 1, out, NULL, NULL, &err);
+    CHECK_EQ_INT(rc, LM_EMISMATCH);
+    CHECK(!exists(out));
+    /* a real SD2.x-shaped LoRA (cross-attention 1024) on an SD1.x UNet */
+    lm_weighted sd2 = { FIXTURE("real/sd15_lora_diffusers_bf16.safetensors"), 1.0, NULL };
+    CHECK_EQ_INT(lm_bake(BASE, &sd2, 1, out, NULL, NULL, &err), LM_EMISMATCH);
+    CHECK(!exists(out));
+    CHECK_EQ_INT(count_in_dir("otherarch"), 0);
+}
+
+static void test_bake_refuses_output_equal_to_input(void)
+{
+    lm_err err;
+    const char *copy = tmp("base_copy.safetensors");
+    FILE *in = fopen(BASE, "rb"), *out = fopen(copy, "wb");
+    CHECK(in && out);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, n, out);
+    fclose(in);
+    fclose(out);
+    struct stat before, after;
+    stat(copy, &before);
+    lm_weighted l = { LA, 1.0, NULL };
+    CHECK_EQ_INT(lm_bake(copy, &l, 1, copy, NULL, NULL, &err), LM_EUSAGE);
+    stat(copy, &after);
+    CHECK_EQ_INT(after.st_size, before.st_size);
+    CHECK_EQ_INT(after.st_ino, before.st_ino);
+    /* the same file through another path */
+    char other[400];
+    snprintf(other, sizeof other, "%s/./base_copy.safetensors", dir);
+    CHECK_EQ_INT(lm_bake(copy, &l, 1, other, NULL, NULL, &err), LM_EUSAGE);
+    /* a LoRA as the output */
+    const char *lcopy = tmp("lora_copy.safetensors");
+    CHECK_OK(lm_bake(copy, &l, 1, tmp("ok.safetensors"), NULL, NULL, &err), &err);
+    if (link(LA, lcopy) != 0) {  /* different filesystem: copy instead */
+        FILE *a = fopen(LA, "rb"), *b = fopen(lcopy, "wb");
+        while ((n = fread(buf, 1, sizeof buf, a)) > 0) fwrite(buf, 1, n, b);
+        fclose(a); fclose(b);
+    }
+    lm_weighted l2 = { lcopy, 1.0, NULL };
+    CHECK_EQ_INT(lm_bake(copy, &l2, 1, lcopy, NULL, NULL, &err), LM_EUSAGE);
+}
+
+static void test_bake_disk_full_leaves_no_file(void)
+{
+    const char *out = tmp("full.safetensors");
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit rl = { 1 << 20, 1 << 20 };      /* output is ~13 MB */
+        setrlimit(RLIMIT_FSIZE, &rl);
+        lm_err err;
+        lm_weighted in = { LA, 1.0, NULL };
+        int rc = lm_bake(BASE, &in, 1, out, NULL, NULL, &err);
+        _exit(rc == LM_EIO ? 0 : 10 + (rc < 0 ? -rc : rc));
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
+    CHECK(!exists(out));
+    CHECK_EQ_INT(count_in_dir("full"), 0);   /* no temporary file left either */
+}
+
+static void test_bake_overflow_counted_and_refused(void)
+{
+    lm_err err;
+    const char *out = tmp("overflow.safetensors");
+    lm_weighted in = { FIXTURE("bake/lora_overflow.safetensors"), 1.0, NULL };
+    lm_bake_opts o = LM_BAKE_OPTS_INIT;
+    o.out_dtype = LM_DT_F16;
+    lm_bake_report rep;
+    CHECK_OK(lm_bake(BASE, &in, 1, out, &o, &rep, &err), &err);
+    CHECK_EQ_INT(rep.n_overflows, 1);
+    CHECK_EQ_STR(rep.overflows[0].name, "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight");
+    CHECK(rep.overflows[0].count > 0 && rep.overflows[0].count <= 32 * 32);
+    CHECK_EQ_INT(rep.overflow_total, rep.overflows[0].count);
+    lm_bake_report_free(&rep);
+    unlink(out);
+    o.fail_on_overflow = 1;
+    CHECK_EQ_INT(lm_bake(BASE, &in, 1, out, &o, &rep, &err), LM_EINPUT);
+    CHECK(!exists(out));
+    CHECK_EQ_INT(count_in_dir("overflow"), 0);
+    lm_bake_report_free(&rep);
+}
+
+static void test_bake_recipe_and_metadata(void)
+{
+    lm_err err;
+    const char *out = tmp("meta.safetensors");
+    lm_weighted in[2] = { { LA, 0.8, "lora" }, { LB, -0.5, "lcm" } };
+    lm_bake_opts o = LM_BAKE_OPTS_INIT;
+    o.hash_output = 1;
+    lm_bake_report rep;
+    CHECK_OK(lm_bake(BASE, in, 2, out, &o, &rep, &err), &err);
+    CHECK_EQ_STR(rep.base_sha256, BASE_SHA);
+    char data_sha[65];
+    memcpy(data_sha, rep.out_sha256, 65);
+    lm_bake_report_free(&rep);
+    lm_source *s = NULL;
+    CHECK_OK(lm_source_open(&s, out, NULL, &err), &err);
+    lm_recipe r;
+    const char *js = lm_source_meta_get(s, LM_RECIPE_KEY);
+    CHECK(js);
+    CHECK_OK(lm_recipe_parse(js, &r, &err), &err);
+    CHECK_EQ_STR(r.operation, "bake");
+    CHECK_EQ_STR(r.tool, "lcm-bake");
+    CHECK_EQ_STR(r.tool_version, LM_TOOL_VERSION);
+    CHECK_EQ_INT(r.n_inputs, 3);
+    CHECK_EQ_STR(r.inputs[0].role, "base");
+    CHECK_EQ_STR(r.inputs[0].sha256, BASE_SHA);
+    CHECK_EQ_INT(r.inputs[0].bytes, 12981240);
+    CHECK(r.inputs[1].lambda == 0.8 && r.inputs[2].lambda == -0.5);   /* exact round trip */
+    CHECK_EQ_STR(r.inputs[2].role, "lcm");
+    CHECK_EQ_STR(r.inputs[1].name, "lora_a_kohya.safetensors");
+    lm_recipe_free(&r);
+    CHECK_EQ_STR(lm_source_meta_get(s, "modelspec.sai_model_spec"), "1.0.0");
+    CHECK_EQ_STR(lm_source_meta_get(s, "modelspec.architecture"), "stable-diffusion-v1");
+    CHECK_EQ_STR(lm_source_meta_get(s, "modelspec.title"), "meta");
+    const char *mm = lm_source_meta_get(s, "sd_merge_models");
+    CHECK(mm && strstr(mm, BASE_SHA));
+    cJSON *a = cJSON_Parse(lm_source_meta_get(s, "sd_merge_recipe"));
+    CHECK(a);
+    CHECK_EQ_STR(cJSON_GetStringValue(cJSON_GetObjectItem(a, "primary_model_hash")), BASE_SHA);
+    cJSON_Delete(a);
+    /* modelspec.hash_sha256 = SHA-256 of the data area, recomputed here */
+    const char *h = lm_source_meta_get(s, "modelspec.hash_sha256");
+    CHECK(h && !strncmp(h, "0x", 2) && !strcmp(h + 2, data_sha));
+    FILE *f = fopen(out, "rb");
+    CHECK(f);
+    fseek(f, (long)lm_source_data_start(s), SEEK_SET);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) EVP_DigestUpdate(ctx, buf, n);
+    fclose(f);
+    unsigned char md[32];
+    unsigned int mdn;
+    EVP_DigestFinal_ex(ctx, md, &mdn);
+    EVP_MD_CTX_free(ctx);
+    char hex[65];
+    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    CHECK_EQ_STR(h + 2, hex);
+    lm_source_close(s);
+}
+
+static void cleanup(void)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[400];
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { snprintf(p, sizeof p, "%s/%s", dir, e->d_name); unlink(p); }
+    if (d) closedir(d);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/lm_test_bake_XXXXXX");
+    if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
+    lm_atomic_install_signal_handlers();
+    RUN(test_bake_matches_numpy_f32);
+    RUN(test_bake_matches_numpy_f16);
+    RUN(test_bake_minus_lambda_returns_base);
+    RUN(test_bake_equals_bake_of_exact_merge);
+    RUN(test_bake_threads_give_identical_files);
+    RUN(test_bake_refuses_unmatched_keys);
+    RUN(test_bake_refuses_shape_mismatch);
+    RUN(test_bake_refuses_other_architecture);
+    RUN(test_bake_refuses_output_equal_to_input);
+    RUN(test_bake_disk_full_leaves_no_file);
+    RUN(test_bake_overflow_counted_and_refused);
+    RUN(test_bake_recipe_and_metadata);
+    cleanup();
+    TEST_EXIT();
+}
