@@ -200,6 +200,39 @@ static void test_activations(void)
     CHECK_NEAR(y[1][1], 0.5 * 2.9959502669177575, 1e-6);
 }
 
+/* the vectorised exp/erf kernels against libm in double, over the range
+ * activations take (and odd lengths for the vector tails) */
+static void test_activation_sweep(void)
+{
+    enum { N = 4001 };
+    static float in[N], a[N], b[N], c[N];
+    for (int i = 0; i < N; i++) in[i] = a[i] = b[i] = c[i] = -40.0f + 80.0f * i / (N - 1);
+    lm_silu(a, N);
+    lm_gelu(b, N);
+    lm_quick_gelu(c, N);
+    double es = 0, eg = 0, eq = 0;
+    for (int i = 0; i < N; i++) {
+        double x = in[i];
+        double s = x / (1 + exp(-x)), g = 0.5 * x * erfc(-x / sqrt(2.0)), q = x / (1 + exp(-1.702 * x));
+        es = fmax(es, fabs(a[i] - s) / fmax(1e-30, fmax(fabs(s), 1e-3)));
+        eg = fmax(eg, fabs(b[i] - g) / fmax(1e-30, fmax(fabs(g), 1e-3)));
+        eq = fmax(eq, fabs(c[i] - q) / fmax(1e-30, fmax(fabs(q), 1e-3)));
+    }
+    CHECK_NEAR(es, 0, 1e-6);
+    CHECK_NEAR(eg, 0, 1e-6);
+    CHECK_NEAR(eq, 0, 1e-6);
+    /* softmax of a long row with a wide range, odd length */
+    enum { M = 1003 };
+    static float r[M];
+    double ref[M], z = 0;
+    for (int i = 0; i < M; i++) { r[i] = (float)(i % 97) * 0.9f - 40.0f; z += exp((double)r[i]); }
+    for (int i = 0; i < M; i++) ref[i] = exp((double)r[i]) / z;
+    lm_softmax_rows(r, 1, M);
+    double m = 0;
+    for (int i = 0; i < M; i++) m = fmax(m, fabs(r[i] - ref[i]) / ref[i]);
+    CHECK_NEAR(m, 0, 1e-5);   /* relative, down to probabilities of 1e-34 */
+}
+
 static void test_upsample_softmax_add(void)
 {
     float x[2 * 2 * 3] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 }, y[2 * 4 * 6];
@@ -319,6 +352,7 @@ int main(void)
     RUN(test_group_norm);
     RUN(test_layer_norm);
     RUN(test_activations);
+    RUN(test_activation_sweep);
     RUN(test_upsample_softmax_add);
     RUN(test_attention);
     RUN(test_attention_query_blocks);

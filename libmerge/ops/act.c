@@ -3,30 +3,28 @@
 #include <string.h>
 
 #include "libmerge/ops.h"
+#include "ops/vmath.h"
 
 void lm_silu(float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
+    lm_vsilu(x, n, 1.0f);
 }
-
-static inline float gelu1(float v) { return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)); }
 
 void lm_gelu(float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++) x[i] = gelu1(x[i]);
+    lm_vgelu_mul(x, NULL, x, n);
 }
 
 void lm_quick_gelu(float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    lm_vsilu(x, n, 1.702f);
 }
 
 void lm_geglu(const float *x, int64_t T, int F, float *y)
 {
     for (int64_t t = 0; t < T; t++) {
         const float *a = x + t * 2 * F, *g = a + F;
-        float *o = y + t * F;
-        for (int f = 0; f < F; f++) o[f] = a[f] * gelu1(g[f]);
+        lm_vgelu_mul(y + t * F, a, g, (size_t)F);
     }
 }
 
@@ -59,10 +57,8 @@ void lm_softmax_rows(float *x, int64_t rows, int64_t cols)
 {
     for (int64_t r = 0; r < rows; r++) {
         float *p = x + r * cols;
-        float m = -INFINITY;
-        for (int64_t i = 0; i < cols; i++) m = p[i] > m ? p[i] : m;
-        float s = 0.0f;
-        for (int64_t i = 0; i < cols; i++) { p[i] = expf(p[i] - m); s += p[i]; }
+        float m = lm_vmax(p, (size_t)cols);
+        float s = lm_vexp_sub_sum(p, (size_t)cols, m);
         float inv = 1.0f / s;
         for (int64_t i = 0; i < cols; i++) p[i] *= inv;
     }

@@ -2,8 +2,7 @@
 #include <math.h>
 
 #include "libmerge/ops.h"
-
-static inline float silu1(float v) { return v / (1.0f + expf(-v)); }
+#include "ops/vmath.h"
 
 void lm_group_norm(const float *x, int C, int64_t HW, int groups, const float *gamma,
                    const float *beta, float eps, int silu, float *y)
@@ -24,10 +23,8 @@ void lm_group_norm(const float *x, int C, int64_t HW, int groups, const float *g
             float bb = (float)((beta ? beta[c] : 0.0f) - mean * rstd * (gamma ? gamma[c] : 1.0f));
             const float *xc = x + (size_t)c * HW;
             float *yc = y + (size_t)c * HW;
-            if (silu)
-                for (int64_t i = 0; i < HW; i++) yc[i] = silu1(xc[i] * a + bb);
-            else
-                for (int64_t i = 0; i < HW; i++) yc[i] = xc[i] * a + bb;
+            for (int64_t i = 0; i < HW; i++) yc[i] = xc[i] * a + bb;
+            if (silu) lm_vsilu(yc, (size_t)HW, 1.0f);
         }
     }
 }

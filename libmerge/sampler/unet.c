@@ -247,8 +247,46 @@ int lm_unet_forward(lm_unet *u, const float *latent, int N, int h, int w,
     return 0;
 }
 
+/* multiply-adds ×2 of the sgemm-shaped work; elementwise ops are not counted */
+static double conv_fl(int cin, int cout, int k, double P) { return 2.0 * cin * cout * k * k * P; }
+
+static double resnet_fl(const u_resnet *r, double P, int T)
+{
+    return conv_fl(r->cin, r->cout, 3, P) + conv_fl(r->cout, r->cout, 3, P) + 2.0 * T * r->cout +
+           (r->shortcut.w ? conv_fl(r->cin, r->cout, 1, P) : 0.0);
+}
+
+static double transformer_fl(const u_transformer *t, double P, int L, int X)
+{
+    double C = t->C, per = 0;
+    per += 2 * P * C * 3 * C + 4 * P * P * C + 2 * P * C * C;            /* qkv, QKᵀ and PV, out */
+    per += 2 * P * C * C + 2.0 * L * X * 2 * C + 4 * P * L * C + 2 * P * C * C;
+    per += 2 * P * C * 8 * C + 2 * P * 4 * C * C;                        /* GEGLU feed-forward */
+    return 2 * 2 * P * C * C + t->depth * per;                            /* proj_in, proj_out */
+}
+
 double lm_unet_flops(const lm_unet *u, int h, int w, int ctx_len)
 {
-    (void)u; (void)h; (void)w; (void)ctx_len;
-    return 0.0;
+    const lm_unet_config *g = &u->cfg;
+    int T = g->time_embed_dim, X = g->context_dim, L = g->levels;
+    double P = (double)h * w, f = conv_fl(g->in_channels, g->channels[0], 3, P);
+    for (int i = 0; i < L; i++) {
+        const u_block *b = &u->down[i];
+        for (int j = 0; j < b->n_res; j++) {
+            f += resnet_fl(&b->res[j], P, T);
+            if (b->attn[j].depth) f += transformer_fl(&b->attn[j], P, ctx_len, X);
+        }
+        if (b->sample.w) { P /= 4; f += conv_fl(b->res[0].cout, b->res[0].cout, 3, P); }
+    }
+    f += resnet_fl(&u->mid_res[0], P, T) + resnet_fl(&u->mid_res[1], P, T);
+    if (u->mid_attn.depth) f += transformer_fl(&u->mid_attn, P, ctx_len, X);
+    for (int i = 0; i < L; i++) {
+        const u_block *b = &u->up[i];
+        for (int j = 0; j < b->n_res; j++) {
+            f += resnet_fl(&b->res[j], P, T);
+            if (b->attn[j].depth) f += transformer_fl(&b->attn[j], P, ctx_len, X);
+        }
+        if (b->sample.w) { P *= 4; f += conv_fl(b->res[0].cout, b->res[0].cout, 3, P); }
+    }
+    return f + conv_fl(g->channels[0], g->out_channels, 3, P);
 }
