@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include "libmerge/err.h"
 #include "libmerge/source.h"
+#include "libmerge/lora.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -52,6 +53,13 @@ typedef struct lm_weights lm_weights;   /* libmerge/sampler/weights.h: a weight 
  * Errors: LM_EINPUT (no text encoder; a missing or misshapen tensor,
  * named), LM_ENOMEM, LM_EIO. */
 int lm_clip_load(lm_clip **out, lm_weights *w, const lm_source *src, lm_err *err);
+/* The same from a source: opens a weight set for "text_encoder" over src
+ * with n_loras LoRAs (not owned; their text-encoder modules applied at weights
+ * lambdas[i]; loras/lambdas may be NULL when n_loras = 0), loads, closes it.
+ * Errors: those of lm_clip_load, LM_EMISMATCH (a text-encoder LoRA module
+ * that matches nothing). */
+int lm_clip_load_source(lm_clip **out, const lm_source *src, const lm_lora *const *loras,
+                        const float *lambdas, size_t n_loras, lm_err *err);
 void lm_clip_free(lm_clip *c);
 const lm_clip_config *lm_clip_config_of(const lm_clip *c);
 

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include "libmerge/err.h"
+#include "libmerge/source.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -55,6 +56,9 @@ typedef struct lm_weights lm_weights;   /* libmerge/sampler/weights.h: a weight 
  * (may be NULL) names the file in errors. Errors: LM_EINPUT (no VAE
  * decoder; a missing or misshapen tensor, named), LM_ENOMEM, LM_EIO. */
 int lm_vae_load(lm_vae **out, lm_weights *w, const char *path, lm_err *err);
+/* The same from a source (a checkpoint or a VAE file): opens a weight set
+ * for "vae" over src without LoRAs, loads, closes it. */
+int lm_vae_load_source(lm_vae **out, const lm_source *src, lm_err *err);
 void lm_vae_free(lm_vae *v);
 const lm_vae_config *lm_vae_config_of(const lm_vae *v);
 

@@ -158,6 +158,17 @@ fail:
     return rc;
 }
 
+int lm_clip_load_source(lm_clip **out, const lm_source *src, const lm_lora *const *loras,
+                        const float *lambdas, size_t n_loras, lm_err *err)
+{
+    lm_weights *w = NULL;
+    *out = NULL;
+    int rc = lm_weights_open(&w, src, "text_encoder", loras, lambdas, n_loras, err);
+    if (!rc) rc = lm_clip_load(out, w, src, err);
+    lm_weights_close(w);
+    return rc;
+}
+
 int lm_clip_embed(const lm_clip *c, const int32_t *ids, int T, float *out, lm_err *err)
 {
     const int C = c->cfg.hidden;

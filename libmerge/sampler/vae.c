@@ -204,6 +204,16 @@ fail:
     return rc;
 }
 
+int lm_vae_load_source(lm_vae **out, const lm_source *src, lm_err *err)
+{
+    lm_weights *w = NULL;
+    *out = NULL;
+    int rc = lm_weights_open(&w, src, "vae", NULL, NULL, 0, err);
+    if (!rc) rc = lm_vae_load(out, w, lm_source_path(src), err);
+    lm_weights_close(w);
+    return rc;
+}
+
 /* ---------- forward ---------- */
 
 typedef struct {
