@@ -74,3 +74,27 @@ else no sample_cfg_identity "exit $?: $(cat "$T/err")"; fi
 [ $rc -eq 2 ] && ok unet_refuses_overwriting_input || no unet_refuses_overwriting_input "exit $rc: $(cat "$T/err")"
 "$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" -o "$T/x.safetensors" 2>/dev/null; rc=$?
 [ $rc -eq 2 ] && ok unet_usage || no unet_usage "exit $rc"
+
+# LoRA applied at load time = the same LoRA baked into the weights by lcm-bake
+# (fixtures/sampler/tiny_lora.safetensors: kohya names, linear, 1×1 and 3×3 LoCon modules)
+L=$F/tiny_lora.safetensors
+if "$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" --input "$F/unet_in.safetensors" -l "$L:0.7" -o "$T/eps_lora.safetensors" 2>"$T/err"; then
+  if "$BIN/lcm-bake" "$G/unet_ldm.safetensors" -l "$L:0.7" --dtype fp32 -o "$T/baked.safetensors" >/dev/null 2>"$T/err" &&
+     "$BIN/lcm-verify" unet "$T/baked.safetensors" --input "$F/unet_in.safetensors" -o "$T/eps_baked.safetensors" 2>"$T/err"; then
+    d=$($CMP "$T/eps_lora.safetensors" eps "$T/eps_baked.safetensors" eps 1e-5) \
+      && ok unet_lora_equals_baked || no unet_lora_equals_baked "max abs $d"
+  else no unet_lora_equals_baked "bake: $(cat "$T/err")"; fi
+  # the LoRA moves eps (so the comparison above is not vacuous)
+  $CMP "$T/eps_lora.safetensors" eps "$F/unet_in.safetensors" expected_eps 1e-2 >/dev/null \
+    && no unet_lora_changes_eps "eps unchanged" || ok unet_lora_changes_eps
+else no unet_lora_equals_baked "exit $?: $(cat "$T/err")"; fi
+"$BIN/lcm-verify" unet "$G/unet_diffusers.safetensors" --input "$F/unet_in.safetensors" -l "$L:0" -o "$T/eps_l0.safetensors" 2>"$T/err" &&
+  $CMP "$T/eps_l0.safetensors" eps "$T/eps_diffusers.safetensors" eps 0 >/dev/null \
+  && ok unet_lora_lambda0_identity || no unet_lora_lambda0_identity "$(cat "$T/err")"
+"$BIN/lcm-verify" sample "$G/unet_ldm.safetensors" --input "$F/sample_s4_in.safetensors" --steps 4 -l "$L:0.7" -o "$T/sl.safetensors" 2>"$T/err" &&
+"$BIN/lcm-verify" sample "$T/baked.safetensors" --input "$F/sample_s4_in.safetensors" --steps 4 -o "$T/sb.safetensors" 2>>"$T/err" &&
+  $CMP "$T/sl.safetensors" latent "$T/sb.safetensors" latent 1e-4 >/dev/null \
+  && ok sample_lora_equals_baked || no sample_lora_equals_baked "$(cat "$T/err")"
+# a LoRA for another UNet (full-size SD1.5 shapes) is refused by name
+"$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" --input "$F/unet_in.safetensors" -l fixtures/real/sd15_lora_attnproc_noprefix.safetensors -o "$T/x.safetensors" 2>"$T/err"; rc=$?
+[ $rc -eq 3 ] && [ ! -e "$T/x.safetensors" ] && ok unet_lora_mismatch || no unet_lora_mismatch "exit $rc: $(cat "$T/err")"
