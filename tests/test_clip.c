@@ -186,8 +186,52 @@ static void test_clip_errors(void)
     CHECK_EQ_INT(r2, LM_EUSAGE);
 }
 
-int main(void)
+/* test_clip cmprow FILE_A KEY_A FILE_B KEY_B ROW TOL: max |A - B[ROW]| (B's
+ * first dimension indexed; A has B's other dimensions), exit 0 when <= TOL.
+ * Integer tensors are compared as their values. Used by tests/cli. */
+static float *get_any(const char *path, const char *key, int64_t *n, int64_t *rows)
 {
+    lm_source *s = NULL;
+    lm_err e;
+    float *b = NULL;
+    if (lm_source_open(&s, path, NULL, &e)) return NULL;
+    int64_t i = lm_source_find(s, key);
+    if (i >= 0) {
+        const lm_entry *en = lm_source_entry(s, (size_t)i);
+        *n = en->numel;
+        *rows = en->ndim ? en->shape[0] : 1;
+        b = malloc((size_t)en->numel * sizeof *b);
+        if (en->dtype == LM_DT_I64) {
+            int64_t *raw = malloc((size_t)en->numel * sizeof *raw);
+            if (raw && b && !lm_source_read(s, (size_t)i, raw, &e))
+                for (int64_t k = 0; k < en->numel; k++) b[k] = (float)raw[k];
+            else { free(b); b = NULL; }
+            free(raw);
+        } else if (b && lm_source_read_f32(s, (size_t)i, b, &e)) { free(b); b = NULL; }
+    }
+    lm_source_close(s);
+    return b;
+}
+
+static int cmprow_main(char **argv)
+{
+    int64_t na = 0, nb = 0, ra = 0, rb = 0, row = atoll(argv[6]);
+    float *a = get_any(argv[2], argv[3], &na, &ra), *b = get_any(argv[4], argv[5], &nb, &rb);
+    if (!a || !b || rb < 1 || nb / rb != na || row < 0 || row >= rb) {
+        printf("cmprow: %s:%s or %s:%s missing or of different sizes\n", argv[2], argv[3], argv[4], argv[5]);
+        free(a); free(b);
+        return 2;
+    }
+    double m = 0;
+    for (int64_t k = 0; k < na; k++) { double d = fabs((double)a[k] - b[row * na + k]); if (!(d <= m)) m = d; }
+    printf("%.3g\n", m);
+    free(a); free(b);
+    return m <= atof(argv[7]) ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 8 && !strcmp(argv[1], "cmprow")) return cmprow_main(argv);
     lm_err e;
     if (lm_source_open(&g_gold, FIXTURE("golden/clip/clip_tiny_goldens.safetensors"), NULL, &e)) g_gold = NULL;
     RUN(test_clip_ldm_layout);

@@ -123,8 +123,23 @@ static void test_png_no_partial_output(void)
     CHECK_EQ_INT(lm_png_read(FIXTURE("golden/clip/README.md"), &rgb, &w, &h, NULL, &e), LM_EINPUT);
 }
 
-int main(void)
+/* test_png samepixels A.png B.png: exit 0 when both decode to the same RGB
+ * pixels (text chunks ignored). Used by tests/cli. */
+static int samepixels_main(char **argv)
 {
+    uint8_t *a = NULL, *b = NULL;
+    int wa = 0, ha = 0, wb = 0, hb = 0;
+    lm_err e;
+    int ra = lm_png_read(argv[2], &a, &wa, &ha, NULL, &e), rb = lm_png_read(argv[3], &b, &wb, &hb, NULL, &e);
+    int same = !ra && !rb && wa == wb && ha == hb && !memcmp(a, b, (size_t)wa * ha * 3);
+    free(a);
+    free(b);
+    return same ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && !strcmp(argv[1], "samepixels")) return samepixels_main(argv);
     RUN(test_png_roundtrip_text);
     RUN(test_png_roundtrip_itxt);
     RUN(test_png_a1111_parameters);

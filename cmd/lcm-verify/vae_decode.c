@@ -16,8 +16,9 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: lcm-verify vae-decode MODEL --input IN -o OUT [--tile N [--overlap N]] [--no-scale]\n"
+               "                  [--latent-name NAME]\n"
                "  IN: latent [N,4,h,w] F32 as the sampler produces it (divided by 0.18215 here;\n"
-               "      --no-scale decodes it as is)\n"
+               "      --no-scale decodes it as is); --latent-name reads another tensor name\n"
                "  OUT: .safetensors: image [N,3,8h,8w] F32, unclamped;\n"
                "       .png: round(clamp(image/2+0.5)*255) (N > 1: the images side by side)\n"
                "  --tile N: tiled decoding with N-latent tiles (default: automatic above 64x64)\n");
@@ -34,9 +35,10 @@ int lv_vae_decode(int argc, char **argv)
     static const struct option opts[] = {
         { "input", required_argument, 0, 'i' }, { "output", required_argument, 0, 'o' },
         { "tile", required_argument, 0, 't' }, { "overlap", required_argument, 0, 'O' },
-        { "no-scale", no_argument, 0, 'S' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
+        { "no-scale", no_argument, 0, 'S' }, { "latent-name", required_argument, 0, 'N' },
+        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
-    const char *prog = "lcm-verify vae-decode", *in = NULL, *outp = NULL;
+    const char *prog = "lcm-verify vae-decode", *in = NULL, *outp = NULL, *lname = "latent";
     lm_vae_decode_opts vo = LM_VAE_DECODE_OPTS_INIT;
     char *end;
     int c;
@@ -54,6 +56,7 @@ int lv_vae_decode(int argc, char **argv)
             if (!*optarg || *end || vo.overlap < 0) return lm_cli_usage_error(prog, "bad --overlap '%s'", optarg);
             break;
         case 'S': vo.scaled = 0; break;
+        case 'N': lname = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return LM_EXIT_USAGE;
         }
@@ -69,16 +72,16 @@ int lv_vae_decode(int argc, char **argv)
     lv_tensor lat = { 0 }, img = { 0 };
     uint8_t *rgb = NULL, *grid = NULL;
     int rc = lm_source_open(&is, in, NULL, &err);
-    if (!rc) rc = lv_read(is, "latent", 1, 4, 4, &lat, &err);
+    if (!rc) rc = lv_read(is, lname, 1, 4, 4, &lat, &err);
     if (!rc) rc = lm_source_open(&ms, model, NULL, &err);
     if (!rc) rc = lm_vae_load_source(&v, ms, &err);
     const lm_vae_config *cfg = v ? lm_vae_config_of(v) : NULL;
     int64_t N = lat.shape[0], h = lat.shape[2], w = lat.shape[3], f = cfg ? 1 << (cfg->levels - 1) : 8;
     if (!rc && lat.shape[1] != cfg->latent_channels)
-        rc = lm_err_set(&err, LM_EINPUT, in, "latent", LM_ERR_NO_OFFSET, "%lld channels, the VAE takes %d",
+        rc = lm_err_set(&err, LM_EINPUT, in, lname, LM_ERR_NO_OFFSET, "%lld channels, the VAE takes %d",
                         (long long)lat.shape[1], cfg->latent_channels);
     if (!rc && (N < 1 || h < 1 || w < 1 || h > 4096 || w > 4096))
-        rc = lm_err_set(&err, LM_EINPUT, in, "latent", LM_ERR_NO_OFFSET, "latent shape out of range");
+        rc = lm_err_set(&err, LM_EINPUT, in, lname, LM_ERR_NO_OFFSET, "latent shape out of range");
     const size_t HW = (size_t)(h * f * w * f);
     if (!rc) {
         img = (lv_tensor){ "image", 4, { N, 3, h * f, w * f }, malloc((size_t)N * 3 * HW * sizeof(float)) };
