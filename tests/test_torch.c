@@ -239,6 +239,22 @@ static void sd_checkpoint_wrapper_dropped(void)
     lm_source_close(s);
 }
 
+/* sd-v1-4.ckpt's wrapper: a Lightning ModelCheckpoint class as a dict key, numpy
+ * scalars through _codecs.encode, a set, empty optimizer_states/lr_schedulers */
+static void sd14_lightning_callbacks_read_as_data(void)
+{
+    lm_err e;
+    lm_source *s = open_ok(FIXTURE("torch/sd14_like_callbacks.ckpt"), 0, &e);
+    CHECK_OK(s ? 0 : e.code, &e);
+    CHECK_EQ_INT(lm_source_count(s), 2);
+    CHECK_EQ_STR(lm_source_entry(s, 0)->name, "model.diffusion_model.out.2.bias");
+    CHECK_EQ_INT(lm_source_entry(s, 1)->dtype, LM_DT_F16);
+    CHECK_NEAR(sum_named(s, "model.diffusion_model.out.2.bias"), 10, 0);
+    /* epoch, global_step, pytorch-lightning_version, the callback keyed by a class */
+    CHECK_EQ_INT(lm_torch_nontensor_count(s), 4);
+    lm_source_close(s);
+}
+
 static void plain_zip_is_not_a_checkpoint(void)
 {
     lm_err e;
@@ -305,6 +321,7 @@ int main(void)
     RUN(noncontiguous_views_gathered);
     RUN(big_endian_storage_swapped);
     RUN(sd_checkpoint_wrapper_dropped);
+    RUN(sd14_lightning_callbacks_read_as_data);
     RUN(plain_zip_is_not_a_checkpoint);
     RUN(hostile_pickles_refused_nothing_runs);
     RUN(errors_name_the_file);
