@@ -2,16 +2,14 @@
  *
  * Plan first (which tensors, their output names, dtypes and shapes), then
  * open the writer with that list and stream tensors in the writer's order.
- * The input's SHA-256 is computed by a second thread reading the file with
- * pread while the first converts; its metadata value is written as a
+ * The input's SHA-256 is computed by a second thread (lm_hash_file) while
+ * the first converts; its metadata value is written as a
  * placeholder of the same length and filled in before commit. */
 #include "libmerge/convert.h"
+#include "libmerge/hash.h"
 #include "libmerge/source.h"
 #include "libmerge/writer.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,11 +28,10 @@ typedef struct plan_item {
     int transpose;           /* 2-D transpose on the way (OpenCLIP projection) */
 } plan_item;
 
-/* ---- SHA-256 of the input (OpenSSL EVP; a shared hash helper can replace this) ---- */
+/* ---- SHA-256 of the input, in a thread beside the conversion ---------------- */
 
 typedef struct hash_job {
     const char *path;
-    int cancel;              /* set (atomically) when the conversion failed */
     char hex[65];
     int rc;
     lm_err err;
@@ -43,33 +40,9 @@ typedef struct hash_job {
 static void *hash_thread(void *arg)
 {
     hash_job *h = arg;
-    h->rc = 0;
-    int fd = open(h->path, O_RDONLY | O_CLOEXEC);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    size_t cap = (size_t)8 << 20;
-    unsigned char *buf = malloc(cap);
-    if (fd < 0 || !md || !buf || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
-        h->rc = lm_err_set(&h->err, fd < 0 ? LM_EIO : LM_ENOMEM, h->path, NULL, LM_ERR_NO_OFFSET, "cannot hash: %s",
-                           fd < 0 ? strerror(errno) : "out of memory");
-    } else {
-        off_t off = 0;
-        for (;;) {
-            if (__atomic_load_n(&h->cancel, __ATOMIC_RELAXED)) { h->rc = LM_EINTR; break; }
-            ssize_t got = pread(fd, buf, cap, off);
-            if (got < 0 && errno == EINTR) continue;
-            if (got < 0) { h->rc = lm_err_set(&h->err, LM_EIO, h->path, NULL, off, "cannot read: %s", strerror(errno)); break; }
-            if (got == 0) break;
-            EVP_DigestUpdate(md, buf, (size_t)got);
-            off += got;
-        }
-        unsigned char d[32];
-        unsigned int n = 0;
-        if (!h->rc && EVP_DigestFinal_ex(md, d, &n) && n == 32)
-            for (int k = 0; k < 32; k++) snprintf(h->hex + 2 * k, 3, "%02x", d[k]);
-    }
-    if (fd >= 0) close(fd);
-    EVP_MD_CTX_free(md);
-    free(buf);
+    lm_file_hashes fh;
+    h->rc = lm_hash_file(h->path, LM_HASH_SHA256, &fh, &h->err);
+    if (!h->rc) memcpy(h->hex, fh.sha256, sizeof h->hex);
     return NULL;
 }
 
@@ -387,7 +360,6 @@ int lm_model_convert(const char *in_path, const char *out_path, const lm_convert
         done += (uint64_t)lm_source_entry(c.s, it->src)->numel * lm_dtype_size(it->dtype);
         if (o->on_progress) o->on_progress(o->ctx, done, total);
     }
-    if (rc) __atomic_store_n(&hj.cancel, 1, __ATOMIC_RELAXED);
     if (hashing) pthread_join(th, NULL);
     if (!rc && hj.rc) { rc = hj.rc; if (err) *err = hj.err; }
     if (!rc) {
