@@ -411,6 +411,28 @@ int lm_vae_decode(const lm_vae *v, const float *z, int h, int w, const lm_vae_de
     return rc;
 }
 
+double lm_vae_flops(const lm_vae *v, int h, int w)
+{
+    const lm_vae_config *c = &v->cfg;
+    const int L = c->levels;
+    double hw = (double)h * w, f = 0;
+    const double lc = c->latent_channels, top = c->ch[L - 1];
+    f += 2 * lc * lc * hw + 2 * top * lc * 9 * hw;                       /* post_quant_conv, conv_in */
+    f += 2 * (2 * 2 * top * top * 9 * hw);                               /* mid resnets */
+    f += 4 * 2 * hw * top * top + 2 * 2 * hw * hw * top;                 /* mid attention */
+    double cin = top;
+    for (int i = 0; i < L; i++) {
+        double cout = c->ch[L - 1 - i];
+        for (int j = 0; j < c->resnets; j++) {
+            double ci = j ? cout : cin;
+            f += 2 * cout * ci * 9 * hw + 2 * cout * cout * 9 * hw + (ci != cout ? 2 * cout * ci * hw : 0);
+        }
+        cin = cout;
+        if (i < L - 1) { hw *= 4; f += 2 * cout * cout * 9 * hw; }
+    }
+    return f + 2 * 3 * c->ch[0] * 9 * hw;                                /* conv_out */
+}
+
 void lm_vae_image_to_u8(const float *img, int H, int W, uint8_t *rgb)
 {
     const size_t HW = (size_t)H * W;
