@@ -178,6 +178,12 @@ def lora_seeds():
 
 def torch_seeds():
     H = "fuzz_torch"
+    for name, b in [("global_os_system", b"cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03."),
+                    ("proto0_list", b"(lp0\nI1\naF2.5\naS'x'\np1\na."),
+                    ("ordered_dict", b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x01\x00\x00\x00aK\x01s."),
+                    ("deep_lists", b"\x80\x02" + b"]" * 50 + b"a" * 49 + b"."),
+                    ("memo_p5", pickle.dumps([[1, 2], [1, 2]] * 3, protocol=5))]:
+        write("fuzz_pickle", name, b)
     # hostile and odd pickles, handcrafted (no torch needed)
     write(H, "global_os_system", b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
     write(H, "stack_global_posix", b"\x80\x04\x95\x1c\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94\x8c\x04true\x94\x85\x94R\x94.")
@@ -199,6 +205,10 @@ def torch_seeds():
         b = io.BytesIO()
         torch.save(obj, b)
         write(H, name, b.getvalue())
+        import zipfile
+        z = zipfile.ZipFile(io.BytesIO(b.getvalue()))
+        pkl = [n for n in z.namelist() if n.endswith("/data.pkl")][0]
+        write("fuzz_pickle", name + ".pkl", z.read(pkl))
     for name, obj in [("legacy_flat", sd), ("legacy_nested", nested)]:
         b = io.BytesIO()
         torch.save(obj, b, _use_new_zipfile_serialization=False)

@@ -325,4 +325,32 @@ LMF_FN int lmf_tokenizer(const uint8_t *data, size_t n, lm_err *err)
     return rc;
 }
 
+/* Bare pickle: the restricted unpickler alone (internal API), with the
+ * default whitelist and with skip_unknown, walking the persistent ids. */
+#include "io/torch/pickle.h"
+LMF_FN int lmf_pickle(const uint8_t *data, size_t n, lm_err *err)
+{
+    int first = 0;
+    for (int skip = 0; skip < 2; skip++) {
+        pk_ctx *ctx = NULL;
+        pk_value *root = NULL;
+        size_t used = 0;
+        lm_err e;
+        lm_err_clear(&e);
+        int rc = pk_load(&ctx, data, n, "pickle", 0, skip, &root, &used, &e);
+        lmf_check_err(rc, &e);
+        if (rc == 0) {
+            if (!root || used > n) lmf_die("pk_load: no root or used past the end", NULL);
+            for (size_t i = 0; i < pk_persid_count(ctx); i++)
+                if (!pk_persid(ctx, i)) lmf_die("NULL persistent id", NULL);
+            if (root->kind == PK_DICT) (void)pk_dict_get(root, "state_dict");
+        } else if (!first) {
+            first = rc;
+            *err = e;
+        }
+        pk_free(ctx);
+    }
+    return first;
+}
+
 #endif
