@@ -149,6 +149,87 @@ static void test_unet_errors(void)
     CHECK_EQ_INT(rc, LM_EUSAGE);
 }
 
+/* SDXL structure (fixtures/golden/sdxl): levels without attention, 2 blocks
+ * per transformer, linear proj_in, add_embedding from text_embeds + time_ids.
+ * The golden is float64 from F16 weights; its README suggests max-abs 5e-4
+ * for a float32 implementation (diffusers' own float32: 3.0e-5). Reached:
+ * eps 2.3e-5, embeddings/conv_in/mid block 6.4e-5 (mid block values up to
+ * ~10); checked at 1e-4. */
+typedef struct { lm_source *g; int t; double worst_emb; int n; } xl_tap;
+
+static void on_xl_tap(void *ctx, const char *name, int n, const float *data, int C, int H, int W)
+{
+    xl_tap *s = ctx;
+    const char *key = !strcmp(name, "time_proj") ? "time_proj" : !strcmp(name, "time_embedding") ? "time_emb"
+                    : !strcmp(name, "add_embedding") ? "aug_emb" : !strcmp(name, "conv_in") ? "conv_in"
+                    : !strcmp(name, "mid_block") ? "mid_block_out" : NULL;
+    if (!key) return;
+    char k[64];
+    snprintf(k, sizeof k, "debug_t%d.%s", s->t, key);
+    int64_t numel = 0;
+    float *ref = get(s->g, k, &numel);
+    if (!ref || numel != (int64_t)C * H * W) { s->worst_emb = 1e9; free(ref); return; }
+    for (int64_t i = 0; i < numel; i++) s->worst_emb = fmax(s->worst_emb, fabs(data[i] - ref[i]));
+    s->n++;
+    free(ref);
+    (void)n;
+}
+
+static void run_sdxl(const char *model, double *eps_err, double *tap_err, int *n_taps)
+{
+    lm_source *src = NULL, *g = NULL; lm_err err; lm_unet *u = NULL;
+    *eps_err = *tap_err = 1e9;
+    *n_taps = 0;
+    if (lm_source_open(&src, model, NULL, &err) ||
+        lm_source_open(&g, FIXTURE("golden/sdxl/unet_tiny_sdxl_goldens.safetensors"), NULL, &err)) goto out;
+    xl_tap ts = { g, 0, 0, 0 };
+    lm_unet_opts o = LM_UNET_OPTS_INIT;
+    o.head_dim = 16;     /* config: heads 2, 2, 4 at 32, 32, 64 channels */
+    o.tap = on_xl_tap;
+    o.tap_ctx = &ts;
+    if (lm_unet_load(&u, src, &o, NULL, NULL, 0, &err)) {
+        char b[1400]; printf("load: %s\n", lm_err_format(&err, b, sizeof b));
+        goto out;
+    }
+    float *x = get(g, "sample", NULL), *ctx = get(g, "encoder_hidden_states", NULL);
+    float *te = get(g, "text_embeds", NULL), *tid = get(g, "time_ids", NULL), y[80];
+    double worst = 1e9;
+    if (x && ctx && te && tid && lm_unet_config_of(u)->adm_in_channels == 80 &&
+        !lm_unet_sdxl_y(u, te, 32, tid, 1, y, &err)) {
+        worst = 0;
+        static const int tl[2] = { 999, 261 };
+        for (int k = 0; k < 2; k++) {
+            char key[64];
+            snprintf(key, sizeof key, "noise_pred_t%d", tl[k]);
+            float *ref = get(g, key, NULL), eps[256], t = (float)tl[k];
+            ts.t = tl[k];
+            if (!ref || lm_unet_forward(u, x, 1, 8, 8, &t, ctx, 77, y, eps, &err)) { free(ref); worst = 1e9; break; }
+            for (int i = 0; i < 256; i++) worst = fmax(worst, fabs(eps[i] - ref[i]));
+            free(ref);
+        }
+    }
+    free(x); free(ctx); free(te); free(tid);
+    *eps_err = worst;
+    *tap_err = ts.worst_emb;
+    *n_taps = ts.n;
+    fprintf(stderr, "%s: eps max abs %.3g, embeddings/conv_in/mid max abs %.3g\n", model, worst, ts.worst_emb);
+out:
+    lm_unet_free(u);
+    lm_source_close(src);
+    lm_source_close(g);
+}
+
+static void test_unet_sdxl_structure(void)
+{
+    double e, t; int n;
+    run_sdxl(FIXTURE("golden/sdxl/unet_tiny_sdxl_diffusers.safetensors"), &e, &t, &n);
+    CHECK_NEAR(e, 0, 1e-4);
+    CHECK_EQ_INT(n, 2 * 5);
+    CHECK_NEAR(t, 0, 1e-4);
+    run_sdxl(FIXTURE("golden/sdxl/unet_tiny_sdxl_original.safetensors"), &e, &t, &n);
+    CHECK_NEAR(e, 0, 1e-4);
+}
+
 /* Comparator for tests/cli/lcm_verify_unet.sh (no Python needed):
  *   test_unet cmp FILE_A KEY_A FILE_B KEY_B TOL
  * prints the max |a − b| and exits 0 when it is ≤ TOL (TOL 0: bit-exact),
@@ -180,6 +261,7 @@ int main(int argc, char **argv)
     RUN(test_unet_diffusers_layout);
     RUN(test_unet_ldm_layout);
     RUN(test_unet_config_inferred);
+    RUN(test_unet_sdxl_structure);
     RUN(test_unet_errors);
     TEST_EXIT();
 }

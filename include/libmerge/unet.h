@@ -52,7 +52,7 @@ typedef struct lm_unet_config {
 
 /* A tap receives intermediate activations of one image during
  * lm_unet_forward (tests and debugging): name is diffusers' module name
- * ("time_proj", "time_embedding", "conv_in", "down_blocks.N", "mid_block",
+ * ("time_proj", "time_embedding", "add_embedding" (SDXL), "conv_in", "down_blocks.N", "mid_block",
  * "up_blocks.N", "conv_norm_out" (the norm before SiLU)), data is [C, H, W]
  * (H = W = 1 for the embeddings), n is the batch index. */
 typedef void (*lm_unet_tap)(void *ctx, const char *name, int n, const float *data,
@@ -98,6 +98,17 @@ double lm_unet_flops(const lm_unet *u, int h, int w, int ctx_len);
 int lm_unet_forward(lm_unet *u, const float *latent, int N, int h, int w,
                     const float *timesteps, const float *context, int ctx_len,
                     const float *y, float *eps, lm_err *err);
+
+/* SDXL's added conditioning y [N, adm_in_channels] for lm_unet_forward, as
+ * diffusers builds it (addition_embed_type "text_time"): the pooled text
+ * embedding text_embeds [N, pooled_dim] (1280 for SDXL base) followed by the
+ * sinusoidal embedding (flip_sin_to_cos, shift 0, width d = (adm −
+ * pooled_dim)/6, 256 for SDXL) of each of the 6 time_ids [N, 6] =
+ * (original_h, original_w, crop_top, crop_left, target_h, target_w), in
+ * pixels. Errors: LM_EUSAGE when the UNet has no added conditioning or its
+ * width does not split so. */
+int lm_unet_sdxl_y(const lm_unet *u, const float *text_embeds, int pooled_dim, const float *time_ids,
+                   int N, float *y, lm_err *err);
 
 #ifdef __cplusplus
 }

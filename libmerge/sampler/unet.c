@@ -115,7 +115,7 @@ done:
 
 typedef struct { float *p; int C; } skip_t;
 
-static int forward_one(fwd *f, const float *x, int H, int W, float t, float *eps)
+static int forward_one(fwd *f, const float *x, int H, int W, float t, const float *y, float *eps)
 {
     lm_unet *u = f->u;
     const lm_unet_config *g = &u->cfg;
@@ -132,6 +132,17 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, float *eps
     lm_silu(e1, (size_t)g->time_embed_dim);
     lm_linear(e1, 1, g->time_embed_dim, u->time2.w, u->time2.b, g->time_embed_dim, emb, 0);
     tap(f, "time_embedding", emb, g->time_embed_dim, 1, 1);
+    if (g->adm_in_channels) {
+        /* SDXL: emb += linear_2(SiLU(linear_1(y))) (diffusers' add_embedding, "aug_emb") */
+        float *a1 = fbuf((size_t)g->time_embed_dim), *a2 = fbuf((size_t)g->time_embed_dim);
+        if (!a1 || !a2) { free(a1); free(a2); goto done; }
+        lm_linear(y, 1, g->adm_in_channels, u->add1.w, u->add1.b, g->time_embed_dim, a1, 0);
+        lm_silu(a1, (size_t)g->time_embed_dim);
+        lm_linear(a1, 1, g->time_embed_dim, u->add2.w, u->add2.b, g->time_embed_dim, a2, 0);
+        tap(f, "add_embedding", a2, g->time_embed_dim, 1, 1);
+        lm_add(emb, a2, (size_t)g->time_embed_dim);
+        free(a1); free(a2);
+    }
     lm_silu(emb, (size_t)g->time_embed_dim);
     f->emb_silu = emb;
 
@@ -234,14 +245,8 @@ int lm_unet_forward(lm_unet *u, const float *latent, int N, int h, int w,
     size_t in_n = (size_t)g->in_channels * h * w, out_n = (size_t)g->out_channels * h * w;
     for (int n = 0; n < N; n++) {
         fwd f = { u, NULL, context + (size_t)n * ctx_len * g->context_dim, ctx_len, n };
-        int rc;
-        if (g->adm_in_channels) {
-            /* SDXL: emb += linear_2(SiLU(linear_1(y))) — folded in by forward_add */
-            rc = LM_EUNSUPPORTED;
-            return lm_err_set(err, rc, NULL, "add_embedding", LM_ERR_NO_OFFSET,
-                              "SDXL added conditioning is not implemented yet");
-        }
-        rc = forward_one(&f, latent + n * in_n, h, w, timesteps[n], eps + n * out_n);
+        const float *yn = g->adm_in_channels ? y + (size_t)n * g->adm_in_channels : NULL;
+        int rc = forward_one(&f, latent + n * in_n, h, w, timesteps[n], yn, eps + n * out_n);
         if (rc) return lm_err_set(err, rc, NULL, NULL, LM_ERR_NO_OFFSET, "UNet forward: %s", lm_err_name(rc));
     }
     return 0;
@@ -263,6 +268,21 @@ static double transformer_fl(const u_transformer *t, double P, int L, int X)
     per += 2 * P * C * C + 2.0 * L * X * 2 * C + 4 * P * L * C + 2 * P * C * C;
     per += 2 * P * C * 8 * C + 2 * P * 4 * C * C;                        /* GEGLU feed-forward */
     return 2 * 2 * P * C * C + t->depth * per;                            /* proj_in, proj_out */
+}
+
+int lm_unet_sdxl_y(const lm_unet *u, const float *text_embeds, int pooled_dim, const float *time_ids,
+                   int N, float *y, lm_err *err)
+{
+    int adm = u->cfg.adm_in_channels, d = (adm - pooled_dim) / 6;
+    if (!adm || pooled_dim < 0 || d < 2 || d % 2 || pooled_dim + 6 * d != adm)
+        return lm_err_set(err, LM_EUSAGE, NULL, "add_embedding", LM_ERR_NO_OFFSET,
+                          "added conditioning of width %d does not split into %d + 6 sinusoids", adm, pooled_dim);
+    for (int n = 0; n < N; n++) {
+        float *o = y + (size_t)n * adm;
+        memcpy(o, text_embeds + (size_t)n * pooled_dim, (size_t)pooled_dim * sizeof *o);
+        lm_timestep_embedding(time_ids + (size_t)n * 6, 6, d, 1, 0.0f, 10000.0f, o + pooled_dim);
+    }
+    return 0;
 }
 
 double lm_unet_flops(const lm_unet *u, int h, int w, int ctx_len)
