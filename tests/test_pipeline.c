@@ -5,8 +5,11 @@
  * few values off by 1. Also the text path with the tiny CLIP encoder. */
 #include <stdint.h>
 
+#include <unistd.h>
+
 #include "libmerge/pipeline.h"
 #include "libmerge/source.h"
+#include "libmerge/writer.h"
 #include "test.h"
 
 static lm_source *g_gold, *g_unet, *g_vae, *g_clip;
@@ -152,6 +155,143 @@ static void test_pipeline_text_to_image(void)
     CHECK_MSG(differ, "different seed, same image");
 }
 
+/* ---- LoRA at load == baked weights ---- */
+
+#define LORA_UNET "lora_unet_down_blocks_0_attentions_0_proj_in"
+#define LORA_TE "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+#define W_UNET "model.diffusion_model.input_blocks.1.1.proj_in.weight"
+#define W_TE "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"
+
+typedef struct { const char *name; lm_dtype dt; int ndim; int64_t shape[4]; const void *data; size_t nbytes; } wt;
+
+static int write_st(const char *path, const wt *t, size_t n, lm_err *e)
+{
+    lm_wtensor *w = calloc(n, sizeof *w);
+    for (size_t i = 0; i < n; i++) {
+        w[i].name = t[i].name;
+        w[i].dtype = t[i].dt;
+        w[i].ndim = t[i].ndim;
+        memcpy(w[i].shape, t[i].shape, sizeof t[i].shape);
+    }
+    lm_writer *wr = NULL;
+    int rc = lm_writer_open(&wr, path, w, n, NULL, 0, NULL, e);
+    for (size_t k = 0; !rc && k < n; k++) {
+        size_t i = lm_writer_tensor_index(wr, k);
+        rc = lm_writer_write(wr, t[i].data, t[i].nbytes, e);
+    }
+    if (!rc) rc = lm_writer_commit(wr, e);
+    else lm_writer_abort(wr);
+    free(w);
+    return rc;
+}
+
+/* One single-file checkpoint from the tiny UNet, text encoder and VAE (LDM
+ * names, as a real SD1.5 file), with up to two tensors replaced by
+ * W + scale·up·down in F32 (a bake; down == NULL: unchanged). */
+typedef struct { const char *name; const float *down, *up; float scale; } bake_mod;
+
+static int write_checkpoint(const char *path, const bake_mod *mods, int n_mods, int r, lm_err *e)
+{
+    lm_source *srcs[3] = { g_unet, g_clip, g_vae };
+    size_t n = 0;
+    for (int k = 0; k < 3; k++) n += lm_source_count(srcs[k]);
+    wt *t = calloc(n, sizeof *t);
+    float *owned[2] = { 0 };
+    size_t q = 0;
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < lm_source_count(srcs[k]); i++, q++) {
+            const lm_entry *en = lm_source_entry(srcs[k], i);
+            t[q] = (wt){ en->name, en->dtype, en->ndim, { 0 }, lm_source_raw(srcs[k], i), en->nbytes };
+            memcpy(t[q].shape, en->shape, sizeof t[q].shape);
+            for (int m = 0; m < n_mods; m++) {
+                if (!mods[m].down || strcmp(en->name, mods[m].name)) continue;
+                const int out = (int)en->shape[0], in = (int)(en->numel / out);
+                float *W = owned[m] = malloc((size_t)en->numel * sizeof *W);
+                lm_source_read_f32(srcs[k], i, W, e);
+                for (int o = 0; o < out; o++)
+                    for (int c = 0; c < in; c++) {
+                        float d = 0;
+                        for (int j = 0; j < r; j++) d += mods[m].up[o * r + j] * mods[m].down[j * in + c];
+                        W[o * in + c] += mods[m].scale * d;
+                    }
+                t[q].dt = LM_DT_F32;
+                t[q].data = W;
+                t[q].nbytes = (size_t)en->numel * sizeof(float);
+            }
+        }
+    int rc = write_st(path, t, n, e);
+    free(owned[0]);
+    free(owned[1]);
+    free(t);
+    return rc;
+}
+
+static void test_pipeline_lora_equals_baked(void)
+{
+    CHECK(g_unet && g_vae && g_clip);
+    enum { R = 4, C = 32 };
+    float ud[R * C], uu[C * R], td[R * C], tu[C * R], ua = 2.0f, ta = 4.0f;
+    uint32_t x = 99;
+    for (int i = 0; i < R * C; i++) {
+        x = x * 1664525u + 1013904223u; ud[i] = ((float)(x >> 8) / 16777216.0f - 0.5f) * 0.4f;
+        x = x * 1664525u + 1013904223u; uu[i] = ((float)(x >> 8) / 16777216.0f - 0.5f) * 0.4f;
+        x = x * 1664525u + 1013904223u; td[i] = ((float)(x >> 8) / 16777216.0f - 0.5f) * 0.4f;
+        x = x * 1664525u + 1013904223u; tu[i] = ((float)(x >> 8) / 16777216.0f - 0.5f) * 0.4f;
+    }
+    wt lt[6] = {
+        { LORA_UNET ".lora_down.weight", LM_DT_F32, 4, { R, C, 1, 1 }, ud, sizeof ud },
+        { LORA_UNET ".lora_up.weight", LM_DT_F32, 4, { C, R, 1, 1 }, uu, sizeof uu },
+        { LORA_UNET ".alpha", LM_DT_F32, 0, { 0 }, &ua, sizeof ua },
+        { LORA_TE ".lora_down.weight", LM_DT_F32, 2, { R, C }, td, sizeof td },
+        { LORA_TE ".lora_up.weight", LM_DT_F32, 2, { C, R }, tu, sizeof tu },
+        { LORA_TE ".alpha", LM_DT_F32, 0, { 0 }, &ta, sizeof ta },
+    };
+    const float lambda = 0.75f;
+    char lp[] = "/tmp/lm_test_lora_XXXXXX", cp[] = "/tmp/lm_test_ckpt_XXXXXX", bp[] = "/tmp/lm_test_baked_XXXXXX";
+    close(mkstemp(lp)); close(mkstemp(cp)); close(mkstemp(bp));
+    lm_err e;
+    bake_mod none[1] = { { NULL, NULL, NULL, 0 } };
+    bake_mod mods[2] = { { W_UNET, ud, uu, lambda * ua / R }, { W_TE, td, tu, lambda * ta / R } };
+    int rc = write_st(lp, lt, 6, &e);
+    if (!rc) rc = write_checkpoint(cp, none, 1, R, &e);
+    if (!rc) rc = write_checkpoint(bp, mods, 2, R, &e);
+    lm_lora *lora = NULL;
+    lm_source *ck = NULL, *bk = NULL;
+    if (!rc) rc = lm_lora_open(&lora, lp, NULL, &e);
+    if (!rc) rc = lm_source_open(&ck, cp, NULL, &e);
+    if (!rc) rc = lm_source_open(&bk, bp, NULL, &e);
+    lm_render_opts o = LM_RENDER_OPTS_INIT;
+    o.prompt = "a photo of a cat";
+    o.vocab = FIXTURE("golden/clip/bpe_simple_vocab_16e6.txt.gz");
+    o.steps = 2;
+    o.width = o.height = 64;
+    o.seed = 5;
+    lm_render_result a = { 0 }, b = { 0 }, c = { 0 };
+    lm_render_models m = { ck, NULL, NULL }, mb = { bk, NULL, NULL };
+    const lm_lora *ls[1] = { lora };
+    if (!rc) rc = lm_render_sources(&m, ls, &lambda, 1, &o, &a, &e);
+    if (!rc) rc = lm_render_sources(&mb, NULL, NULL, 0, &o, &b, &e);
+    if (!rc) rc = lm_render_sources(&m, NULL, NULL, 0, &o, &c, &e);
+    double d_ctx = 0, d_lat = 0, eff = 0;
+    if (!rc) {
+        for (int i = 0; i < 77 * C; i++) { double d = fabs((double)a.context[i] - b.context[i]); if (!(d <= d_ctx)) d_ctx = d; }
+        for (int i = 0; i < 256; i++) {
+            double d = fabs((double)a.latent[i] - b.latent[i]), f = fabs((double)a.latent[i] - c.latent[i]);
+            if (!(d <= d_lat)) d_lat = d;
+            if (f > eff) eff = f;
+        }
+    }
+    lm_render_result_free(&a); lm_render_result_free(&b); lm_render_result_free(&c);
+    lm_lora_close(lora);
+    lm_source_close(ck); lm_source_close(bk);
+    unlink(lp); unlink(cp); unlink(bp);
+    CHECK_OK(rc, &e);
+    printf("# LoRA at load vs baked: context %.3g, latents %.3g (LoRA effect %.3g)\n", d_ctx, d_lat, eff);
+    CHECK_MSG(d_ctx <= 1e-5, "context differs by %.3g", d_ctx);
+    CHECK_MSG(d_lat <= 1e-3, "latents differ by %.3g", d_lat);
+    CHECK_MSG(eff > 1e-2, "the LoRA changed nothing (%.3g)", eff);
+}
+
 static void test_pipeline_errors(void)
 {
     lm_render_opts o = LM_RENDER_OPTS_INIT;
@@ -180,6 +320,7 @@ int main(void)
     RUN(test_pipeline_golden_8_steps_diffusers);
     RUN(test_pipeline_guidance_identity);
     RUN(test_pipeline_text_to_image);
+    RUN(test_pipeline_lora_equals_baked);
     RUN(test_pipeline_errors);
     lm_source_close(g_gold);
     lm_source_close(g_unet);
