@@ -1,0 +1,115 @@
+/* Shared printing and option helpers of lcm-verify bake / lora / compare / sweep. */
+#include "verify_print.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "libmerge/cli.h"
+
+void lvp_json_common(cJSON *o, const lm_verify_report *r)
+{
+    cJSON_AddBoolToObject(o, "ok", r->ok);
+    cJSON_AddStringToObject(o, "output", r->out_path ? r->out_path : "");
+    cJSON_AddStringToObject(o, "operation", r->operation ? r->operation : "");
+    cJSON_AddBoolToObject(o, "recipe", r->has_recipe);
+    cJSON_AddStringToObject(o, "inputs_from", r->inputs_from);
+    cJSON *a = cJSON_AddArrayToObject(o, "inputs");
+    for (size_t i = 0; i < r->n_inputs; i++) {
+        const lm_verify_input *in = &r->inputs[i];
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "role", in->role);
+        cJSON_AddStringToObject(e, "path", in->path);
+        cJSON_AddNumberToObject(e, "lambda", in->lambda);
+        if (in->sha256[0]) cJSON_AddStringToObject(e, "sha256", in->sha256);
+        else cJSON_AddNullToObject(e, "sha256");
+        if (in->recipe_sha256[0]) cJSON_AddStringToObject(e, "recipe_sha256", in->recipe_sha256);
+        else cJSON_AddNullToObject(e, "recipe_sha256");
+        if (in->hash_ok < 0) cJSON_AddNullToObject(e, "hash_ok");
+        else cJSON_AddBoolToObject(e, "hash_ok", in->hash_ok);
+        if (in->convention) {
+            cJSON_AddStringToObject(e, "convention", in->convention);
+            cJSON_AddNumberToObject(e, "modules", (double)in->modules);
+            cJSON_AddNumberToObject(e, "matched", (double)in->matched);
+            cJSON_AddNumberToObject(e, "unmatched", (double)in->unmatched);
+        }
+        cJSON_AddItemToArray(a, e);
+    }
+    cJSON *p = cJSON_AddArrayToObject(o, "problems");
+    for (size_t i = 0; i < r->n_problems; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "kind", r->problems[i].kind);
+        cJSON_AddStringToObject(e, "where", r->problems[i].where);
+        cJSON_AddStringToObject(e, "message", r->problems[i].message);
+        cJSON_AddItemToArray(p, e);
+    }
+    cJSON_AddNumberToObject(o, "seconds", r->seconds);
+}
+
+void lvp_json_print(cJSON *o)
+{
+    char *s = cJSON_Print(o);
+    if (s) { fputs(s, stdout); putchar('\n'); }
+    free(s);
+    cJSON_Delete(o);
+}
+
+void lvp_text_inputs(const lm_verify_report *r)
+{
+    printf("%s: %s (inputs from the %s)\n", r->operation ? r->operation : "verify", r->out_path,
+           r->inputs_from[0] ? r->inputs_from : "command line");
+    for (size_t i = 0; i < r->n_inputs; i++) {
+        const lm_verify_input *in = &r->inputs[i];
+        printf("  %-6s %s", in->role, in->path);
+        if (strcmp(in->role, "base")) printf("  λ %.6g", in->lambda);
+        if (in->convention)
+            printf("  %s, %zu modules, %zu matched, %zu unmatched", in->convention, in->modules, in->matched, in->unmatched);
+        printf("  sha256 %s\n", in->hash_ok < 0 ? (in->sha256[0] ? "not in a recipe" : "not checked")
+                                : in->hash_ok ? "= recipe" : "DIFFERS from the recipe");
+    }
+}
+
+void lvp_text_problems(const lm_verify_report *r)
+{
+    if (!r->n_problems) { printf("problems: none\n"); return; }
+    printf("problems: %zu\n", r->n_problems);
+    for (size_t i = 0; i < r->n_problems; i++)
+        printf("  %-9s %s: %s\n", r->problems[i].kind, r->problems[i].where, r->problems[i].message);
+}
+
+void lvp_progress(void *ctx, const char *what, size_t done, size_t total)
+{
+    (void)ctx;
+    fprintf(stderr, "\r%s %zu/%zu", what, done, total);
+    if (done == total) fputc('\n', stderr);
+}
+
+int lvp_add_weighted(const char *prog, const char *spec, const char *role, lm_weighted **v, size_t *n)
+{
+    char path[4096];
+    double lam;
+    if (lm_parse_weighted(spec, path, sizeof path, &lam))
+        return lm_cli_usage_error(prog, "bad LORA[:λ] '%s'", spec);
+    lm_weighted *nv = realloc(*v, (*n + 1) * sizeof *nv);
+    if (!nv) return lm_cli_usage_error(prog, "out of memory");
+    *v = nv;
+    nv[*n].path = strdup(path);
+    nv[*n].lambda = lam;
+    nv[*n].role = role;
+    (*n)++;
+    return 0;
+}
+
+void lvp_free_weighted(lm_weighted *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free((char *)v[i].path);
+    free(v);
+}
+
+int lvp_parse_double(const char *prog, const char *opt, const char *s, double *out)
+{
+    char *end;
+    *out = strtod(s, &end);
+    if (end == s || *end || !isfinite(*out)) return lm_cli_usage_error(prog, "%s: '%s' is not a number", opt, s);
+    return 0;
+}

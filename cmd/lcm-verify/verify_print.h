@@ -1,0 +1,25 @@
+/* Printing the reports of lcm-verify bake and lora: a table for people, JSON for
+ * pipelines (schema in lcm-verify(1), JSON REPORT). Implemented in verify_print.c. */
+#ifndef LCM_VERIFY_PRINT_H
+#define LCM_VERIFY_PRINT_H
+
+#include <cJSON.h>
+#include "libmerge/verify.h"
+
+/* The fields every verification report has (ok, output, operation, inputs, problems,
+ * seconds) into o. */
+void lvp_json_common(cJSON *o, const lm_verify_report *r);
+/* Prints cJSON o on stdout (two-space free, one object) and deletes it. */
+void lvp_json_print(cJSON *o);
+/* Text: the inputs block and the problems block, then the verdict line. */
+void lvp_text_inputs(const lm_verify_report *r);
+void lvp_text_problems(const lm_verify_report *r);
+/* Progress on stderr when it is a terminal. */
+void lvp_progress(void *ctx, const char *what, size_t done, size_t total);
+/* Collects "-l PATH[:λ]" specs; returns 0 or prints a usage error and returns 2. */
+int lvp_add_weighted(const char *prog, const char *spec, const char *role, lm_weighted **v, size_t *n);
+void lvp_free_weighted(lm_weighted *v, size_t n);
+/* A double finite number or a usage error. */
+int lvp_parse_double(const char *prog, const char *opt, const char *s, double *out);
+
+#endif
