@@ -92,6 +92,12 @@ def safetensors_seeds():
     write(H, "four_dims", st_bytes([("w", "F16", [2, 2, 3, 3], arr("F16", [2, 2, 3, 3]))], {"a": "b"}))
     # header not padded, unaligned data (as old writers did)
     h = json.dumps({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]}}).encode()
+    # base-checkpoint names (key map, layout conversion) with tiny data
+    man = json.load(open("fixtures/golden/sd15/sd15_ldm_manifest.json"))["tensors"]
+    pick = [t for t in man if t["name"].startswith("model.diffusion_model.input_blocks.1.")][:24]
+    pick += [t for t in man if t["name"].startswith(("first_stage_model.decoder.mid", "cond_stage_model.transformer.text_model.encoder.layers.0."))][:24]
+    write(H, "ldm_names", st_bytes([(t["name"], "F16", [1], arr("F16", [1])) for t in pick]))
+    write(H, "diffusers_names", st_bytes([(t["diffusers"]["name"], "F16", [1], arr("F16", [1])) for t in pick if "diffusers" in t]))
     write(H, "unpadded", struct.pack("<Q", len(h)) + h + arr("F32", [3]))
 
 

@@ -124,6 +124,22 @@ LMF_FN int lmf_source(const uint8_t *data, size_t n, lm_err *err)
         lm_model_info info;
         lm_model_detect(s, &info);
         (void)lm_lora_detect(s);
+        /* as a base checkpoint: the key map and layout conversion of every name */
+        lm_keymap *km = NULL;
+        lm_err e2;
+        int r2 = lm_keymap_build(&km, s, &e2);
+        lmf_check_err(r2, &e2);
+        lm_keymap_free(km);
+        for (size_t i = 0; i < lm_source_count(s) && i < 4096; i++) {
+            char out[512];
+            int reshape = 0;
+            const char *nm = lm_source_entry(s, i)->name;
+            for (int a = LM_ARCH_SD1; a <= LM_ARCH_SSD1B; a++) {
+                (void)lm_layout_convert_name((lm_arch)a, LM_LAYOUT_LDM, LM_LAYOUT_DIFFUSERS, nm, out, sizeof out, &reshape);
+                (void)lm_layout_convert_name((lm_arch)a, LM_LAYOUT_DIFFUSERS, LM_LAYOUT_LDM, nm, out, sizeof out, &reshape);
+                (void)lm_layout_convert_name((lm_arch)a, LM_LAYOUT_LDM, LM_LAYOUT_DIFFUSERS, nm, out, 8, &reshape);
+            }
+        }
     } else if (s) {
         lmf_die("failed open left *out set", err->msg);
     }
