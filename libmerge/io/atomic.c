@@ -1,5 +1,6 @@
 /* Temporary-file bookkeeping for outputs: a fixed table of paths that a
- * SIGINT/SIGTERM/SIGHUP handler unlinks before exiting with 128+signal.
+ * SIGINT/SIGTERM/SIGHUP handler unlinks before exiting with 128+signal
+ * (SIGBUS, an input mapping losing its pages: exit status 4, I/O error).
  *
  * The handler may only call async-signal-safe functions (unlink, _exit:
  * signal-safety(7)), and may run while another thread is registering a path,
@@ -9,6 +10,7 @@
 #include "libmerge/writer.h"
 #include "libmerge/err.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -23,12 +25,33 @@ static struct {
     char path[LM_ATOMIC_PATH];
 } g_slots[LM_ATOMIC_SLOTS];
 
-static void on_signal(int sig)
+static void unlink_live(void)
 {
     for (int i = 0; i < LM_ATOMIC_SLOTS; i++)
         if (__atomic_load_n(&g_slots[i].state, __ATOMIC_SEQ_CST) == SLOT_LIVE)
             unlink(g_slots[i].path);
+}
+
+static void on_signal(int sig)
+{
+    unlink_live();
     _exit(128 + sig);
+}
+
+/* SIGBUS: a page of a mapped input is gone (the file was truncated while we
+ * read it, or the disk failed). Remove the outputs, say so, exit as an I/O
+ * error rather than dying with a half-written temp file left behind. */
+static void on_sigbus(int sig)
+{
+    (void)sig;
+    unlink_live();
+    static const char m[] = ": an input file shrank or failed while it was being read "
+                            "(SIGBUS on its mapping); no output written\n";
+    const char *prog = program_invocation_short_name;   /* strlen and write are async-signal-safe */
+    ssize_t w = write(2, prog, strlen(prog));
+    w = write(2, m, sizeof m - 1);
+    (void)w;
+    _exit(LM_EXIT_IO);
 }
 
 void lm_atomic_install_signal_handlers(void)
@@ -47,6 +70,11 @@ void lm_atomic_install_signal_handlers(void)
     /* a write past RLIMIT_FSIZE would otherwise kill the process before the
      * writer can remove its temp file; ignored, write(2) fails with EFBIG */
     signal(SIGXFSZ, SIG_IGN);
+    struct sigaction sb;
+    memset(&sb, 0, sizeof sb);
+    sb.sa_handler = on_sigbus;
+    sigfillset(&sb.sa_mask);
+    sigaction(SIGBUS, &sb, NULL);
 }
 
 int lm_atomic_register(const char *tmp_path)
