@@ -394,6 +394,128 @@ static void test_fault_unmatched(void)
     lm_verify_report_free(&r);
 }
 
+
+/* ---- merged LoRAs ---------------------------------------------------------------- */
+
+static int merge(const char *out, int rank, const lm_weighted *in, size_t n)
+{
+    lm_lmerge_opts o = LM_LMERGE_OPTS_INIT;
+    o.rank = rank;
+    o.threads = 1;
+    lm_err err;
+    int rc = lm_lora_merge(in, n, out, &o, NULL, &err);
+    if (rc) { char b[1400]; printf("# merge: %s\n", lm_err_format(&err, b, sizeof b)); }
+    return rc;
+}
+
+static int verify_lora(const char *merged, int mode, const lm_weighted *from, size_t n, lm_verify_report *r, lm_err *err)
+{
+    lm_verify_opts o = LM_VERIFY_OPTS_INIT;
+    o.search = g_search;
+    o.n_search = 2;
+    o.mode = mode;
+    o.loras = from;
+    o.n_loras = n;
+    return lm_verify_lora(merged, &o, r, err);
+}
+
+static const lm_verify_module *find_module(const lm_verify_report *r, const char *name)
+{
+    for (size_t i = 0; i < r->n_m; i++) if (!strcmp(r->m[i].name, name)) return &r->m[i];
+    return NULL;
+}
+
+static void test_lora_exact(void)
+{
+    CHECK_OK(merge(tmp("mex.safetensors"), 0, k_ab, 2), NULL);
+    lm_verify_report r;
+    lm_err err;
+    CHECK_OK(verify_lora(tmp("mex.safetensors"), 0, NULL, 0, &r, &err), &err);
+    CHECK(r.ok);
+    CHECK_EQ_STR(r.operation, "lora-merge-exact");
+    CHECK_EQ_STR(r.inputs_from, "recipe");
+    CHECK_EQ_INT(r.n_m, 7);
+    CHECK_EQ_INT(r.inputs[0].hash_ok, 1);
+    CHECK_EQ_INT(r.inputs[0].matched, 6);
+    CHECK_EQ_INT(r.inputs[1].matched, 4);
+    const lm_verify_module *m = find_module(&r, "unet:down_blocks_0_resnets_0_conv1");
+    CHECK(m && m->ok && m->rank == 7 && m->sources == 2);
+    CHECK(m->rel < 1e-6);                   /* fp32 factors: rounding only */
+    lm_verify_report_free(&r);
+}
+
+static void test_lora_svd(void)
+{
+    CHECK_OK(merge(tmp("msvd.safetensors"), 2, k_ab, 2), NULL);
+    lm_verify_report r;
+    lm_err err;
+    CHECK_OK(verify_lora(tmp("msvd.safetensors"), 0, NULL, 0, &r, &err), &err);
+    CHECK(r.ok);
+    CHECK_EQ_STR(r.operation, "lora-merge-svd");
+    const lm_verify_module *m = find_module(&r, "unet:down_blocks_0_attentions_0_proj_in");
+    CHECK(m && m->ok && m->rank == 2);
+    /* the Eckart–Young optimum recomputed here equals numpy's (fixtures/bake/ref_svd.json) */
+    CHECK_NEAR(m->optimum, 0.7241371771702773, 1e-5);
+    CHECK_NEAR(m->rel, m->optimum, 1e-4);
+    m = find_module(&r, "unet:up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_v");
+    CHECK(m && m->ok);
+    CHECK_NEAR(m->optimum, 0.3556247384889349, 1e-5);
+    lm_verify_report_free(&r);
+    /* a truncated SVD is not an exact merge */
+    CHECK_OK(verify_lora(tmp("msvd.safetensors"), 1, NULL, 0, &r, &err), &err);
+    CHECK(!r.ok);
+    CHECK_EQ_INT(r.failed, 7);
+    CHECK(find_problem(&r, "module") != NULL);
+    lm_verify_report_free(&r);
+}
+
+static void f_up_twice(float *o, const float *w, size_t n, const int64_t *s) { (void)w; (void)s; for (size_t i = 0; i < n; i++) o[i] *= 2; }
+
+static void test_lora_faults(void)
+{
+    lm_verify_report r;
+    lm_err err;
+    /* a wrong λ for B */
+    lm_weighted wrong[] = { { LORA_A, 0.8, NULL }, { LORA_B, 0.5, NULL } };
+    CHECK_OK(verify_lora(tmp("mex.safetensors"), 0, wrong, 2, &r, &err), &err);
+    CHECK(!r.ok);
+    CHECK(find_problem(&r, "recipe") != NULL);
+    const lm_verify_module *m = find_module(&r, "unet:up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_v");
+    CHECK(m && !m->ok);
+    m = find_module(&r, "unet:down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k");   /* A only */
+    CHECK(m && m->ok);
+    CHECK_EQ_INT(r.failed, 4);               /* B's four modules */
+    lm_verify_report_free(&r);
+    /* a source left out: its modules in the merged LoRA are extra or differ */
+    CHECK_OK(verify_lora(tmp("mex.safetensors"), 0, k_ab, 1, &r, &err), &err);
+    CHECK(!r.ok);
+    const lm_verify_problem *p = find_problem(&r, "extra");
+    CHECK(p && strstr(p->where, "attn2_to_v"));
+    lm_verify_report_free(&r);
+    /* one module's up factor doubled in the file */
+    const char *up = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight";
+    CHECK_OK(rewrite(tmp("mex.safetensors"), tmp("mex_bad.safetensors"), up, f_up_twice, NULL, NULL), NULL);
+    CHECK_OK(verify_lora(tmp("mex_bad.safetensors"), 0, NULL, 0, &r, &err), &err);
+    CHECK(!r.ok);
+    CHECK_EQ_INT(r.failed, 1);
+    m = find_module(&r, "unet:down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k");
+    CHECK(m && !m->ok);
+    CHECK_NEAR(m->rel, 1.0, 1e-5);           /* 2·ΔW against ΔW */
+    lm_verify_report_free(&r);
+    /* a truncated merged LoRA */
+    FILE *f = fopen(tmp("mex.safetensors"), "rb"), *g = fopen(tmp("mex_trunc.safetensors"), "wb");
+    char buf[4096];
+    size_t k = fread(buf, 1, sizeof buf, f);
+    fwrite(buf, 1, k, g);
+    fclose(f); fclose(g);
+    CHECK_OK(verify_lora(tmp("mex_trunc.safetensors"), 0, NULL, 0, &r, &err), &err);
+    CHECK(!r.ok && find_problem(&r, "output"));
+    lm_verify_report_free(&r);
+    /* a bake output is not a LoRA merge */
+    CHECK_EQ_INT(verify_lora(tmp("ab16.safetensors"), 0, NULL, 0, &r, &err), LM_EINPUT);
+    lm_verify_report_free(&r);
+}
+
 static void test_refusals(void)
 {
     lm_verify_report r;
@@ -428,6 +550,9 @@ int main(void)
     RUN(test_fault_truncated);
     RUN(test_fault_recipe_hash);
     RUN(test_fault_unmatched);
+    RUN(test_lora_exact);
+    RUN(test_lora_svd);
+    RUN(test_lora_faults);
     RUN(test_refusals);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
