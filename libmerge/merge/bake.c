@@ -55,7 +55,8 @@ typedef struct bake {
     pthread_mutex_t mu;
     pthread_cond_t cv_done, cv_space;
     size_t next_job, consumed, window;
-    uint64_t pending_bytes, budget;
+    size_t max_numel;  /* largest updated tensor */
+    void **pool;       /* window output buffers, job j uses pool[j % window] */
     int stop;
     EVP_MD_CTX *md;    /* SHA-256 of the output's data area, or NULL */
 } bake;
@@ -188,65 +189,91 @@ static int plan(bake *b, const lm_keymap *km, const lm_bake_opts *o, lm_bake_rep
 
 /* ---- workers ------------------------------------------------------------------- */
 
-static int compute(bake *b, size_t t, float **scratch, size_t *scap, result *r)
+/* Per-worker buffers: W sized once for the largest updated tensor; ΔW (only for modules
+ * that are not plain up·down) and the factors grow as needed and are kept, so the steady
+ * state allocates nothing (no page faults on fresh memory per tensor). */
+static void release_pages(const void *p, size_t n);
+
+typedef struct wbuf {
+    float *W, *dw, *up, *down;
+    size_t dwcap, upcap, downcap;
+} wbuf;
+
+static int grow(float **p, size_t *cap, size_t n)
+{
+    if (n <= *cap) return 0;
+    float *q = realloc(*p, n * sizeof *q);
+    if (!q) return LM_ENOMEM;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* Reads a LoRA factor as fp32 and releases its pages: each factor is used once. */
+static int read_factor(const lm_source *ls, int64_t e, float *dst, lm_err *err)
+{
+    int rc = lm_source_read_f32(ls, (size_t)e, dst, err);
+    const void *raw = lm_source_raw(ls, (size_t)e);
+    if (raw) release_pages(raw, lm_source_entry(ls, (size_t)e)->nbytes);
+    return rc;
+}
+
+/* W[rows] += λ·scale·up·down in one sgemm (beta 1) for a plain up·down module whose
+ * factors flatten to [rows, r] and [r, per]; returns 1 when the module is not one. */
+static int add_plain(const lm_lora *l, size_t mod, float lam, float *W, int64_t rows, int64_t per, wbuf *wb, lm_err *err)
+{
+    const lm_lora_module *m = lm_lora_module_at(l, mod);
+    if (m->kind != LM_MOD_LORA || m->has_dora || m->rank <= 0) return 1;
+    const lm_source *ls = lm_lora_source(l);
+    int64_t eu = lm_lora_factor_entry(l, mod, LM_FAC_UP), ed = lm_lora_factor_entry(l, mod, LM_FAC_DOWN);
+    if (eu < 0 || ed < 0) return 1;
+    int64_t r = m->rank;
+    if (lm_source_entry(ls, (size_t)eu)->numel != rows * r || lm_source_entry(ls, (size_t)ed)->numel != r * per) return 1;
+    if (grow(&wb->up, &wb->upcap, (size_t)(rows * r)) || grow(&wb->down, &wb->downcap, (size_t)(r * per)))
+        return lm_err_set(err, LM_ENOMEM, NULL, m->name, LM_ERR_NO_OFFSET, "out of memory");
+    int rc = read_factor(ls, eu, wb->up, err);
+    if (!rc) rc = read_factor(ls, ed, wb->down, err);
+    if (rc) return rc;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)per, (int)r, lam * m->scale,
+                wb->up, (int)r, wb->down, (int)per, 1.0f, W, (int)per);
+    return 0;
+}
+
+/* Computes updated tensor t into out (b->odt[t] elements): W read as fp32; plain modules
+ * added as W[rows] += λ·scale·up·down (sgemm, beta 1); other kinds through lm_lora_delta
+ * and saxpy; bias updates; then the DoRA modules one at a time through lm_lora_apply;
+ * then one rounding. */
+static int compute(bake *b, size_t t, wbuf *wb, void *out, result *r)
 {
     const lm_entry *e = lm_source_entry(b->src, t);
-    lm_dtype odt = b->odt[t];
-    size_t n = (size_t)e->numel, onb = n * lm_dtype_size(odt);
-    r->buf = malloc(onb ? onb : 1);
-    r->nbytes = onb;
-    if (!r->buf) return lm_err_set(&r->err, LM_ENOMEM, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET, "out of memory");
-    if (b->mode[t] == MODE_CONVERT) {
-        const void *raw = lm_source_raw(b->src, t);
-        void *tmp = NULL;
-        if (!raw) {
-            tmp = malloc(e->nbytes ? e->nbytes : 1);
-            if (!tmp) return lm_err_set(&r->err, LM_ENOMEM, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET, "out of memory");
-            int rc = lm_source_read(b->src, t, tmp, &r->err);
-            if (rc) { free(tmp); return rc; }
-            raw = tmp;
-        }
-        int64_t ov = lm_convert(r->buf, odt, raw, e->dtype, n);
-        free(tmp);
-        if (ov < 0) return lm_err_set(&r->err, (int)ov, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET,
-                                      "cannot convert %s to %s", lm_dtype_name(e->dtype), lm_dtype_name(odt));
-        r->overflow = ov;
-        return 0;
-    }
-    if (n > *scap) {
-        float *s = realloc(*scratch, n * sizeof *s);
-        if (!s) return lm_err_set(&r->err, LM_ENOMEM, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET, "out of memory");
-        *scratch = s;
-        *scap = n;
-    }
-    float *W = *scratch;
+    size_t n = (size_t)e->numel;
+    float *W = wb->W;
     int rc = lm_source_read_f32(b->src, t, W, &r->err);
     if (rc) return rc;
-    float *bias = NULL;
-    for (size_t k = b->uoff[t]; k < b->uoff[t + 1]; k++) {
+    int64_t per = e->ndim > 1 ? e->numel / e->shape[0] : 1;
+    for (size_t k = b->uoff[t]; k < b->uoff[t + 1] && !rc; k++) {
         const upd *u = &b->upds[k];
         const lm_lora *l = b->loras[u->lora];
         float lam = (float)b->in[u->lora].lambda;
-        if (u->bias) {
-            if (!bias && !(bias = malloc((size_t)u->rows * sizeof *bias))) {
-                rc = lm_err_set(&r->err, LM_ENOMEM, b->in[u->lora].path, e->name, LM_ERR_NO_OFFSET, "out of memory");
-                break;
-            }
-            if ((rc = lm_lora_delta_bias(l, u->mod, bias, &r->err))) break;
-            int64_t per = e->numel / e->shape[0];
-            for (int64_t i = 0; i < u->rows * per; i++) W[u->row0 * per + i] += lam * bias[i];
-            free(bias);
-            bias = NULL;
-        } else {
+        if (u->dora) {
             rc = lm_lora_apply(l, u->mod, lam, W, e->shape, e->ndim, u->row0, u->rows, &r->err);
+        } else if (!u->bias && (rc = add_plain(l, u->mod, lam, W + u->row0 * per, u->rows, per, wb, &r->err)) != 1) {
+            /* done (rc 0) or failed */
+        } else {
+            if (grow(&wb->dw, &wb->dwcap, (size_t)(u->rows * per)))
+                rc = lm_err_set(&r->err, LM_ENOMEM, NULL, e->name, LM_ERR_NO_OFFSET, "out of memory");
+            else
+                rc = u->bias ? lm_lora_delta_bias(l, u->mod, wb->dw, &r->err) : lm_lora_delta(l, u->mod, wb->dw, &r->err);
+            if (!rc) cblas_saxpy((int)(u->rows * per), lam, wb->dw, 1, W + u->row0 * per, 1);
         }
-        if (rc) { lm_err_file(&r->err, b->in[u->lora].path); lm_err_key(&r->err, lm_lora_module_at(l, u->mod)->name); break; }
+        if (rc) { lm_err_file(&r->err, b->in[u->lora].path); lm_err_key(&r->err, lm_lora_module_at(l, u->mod)->name); }
     }
-    free(bias);
     if (rc) return rc;
-    int64_t ov = lm_convert_from_f32(r->buf, odt, W, n);
+    int64_t ov = lm_convert_from_f32(out, b->odt[t], W, n);
     if (ov < 0) return lm_err_set(&r->err, (int)ov, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET,
-                                  "cannot store %s", lm_dtype_name(odt));
+                                  "cannot store %s", lm_dtype_name(b->odt[t]));
+    r->buf = out;
+    r->nbytes = n * lm_dtype_size(b->odt[t]);
     r->overflow = ov;
     return 0;
 }
@@ -254,32 +281,34 @@ static int compute(bake *b, size_t t, float **scratch, size_t *scap, result *r)
 static void *worker(void *arg)
 {
     bake *b = arg;
-    float *scratch = NULL;
-    size_t scap = 0;
+    wbuf wb = { malloc(b->max_numel * sizeof(float)), NULL, NULL, NULL, 0, 0, 0 };
     pthread_mutex_lock(&b->mu);
     for (;;) {
         if (b->stop || b->next_job >= b->njobs) break;
         size_t j = b->next_job;
-        const lm_entry *e = lm_source_entry(b->src, b->jobs[j]);
-        uint64_t need = (uint64_t)e->numel * lm_dtype_size(b->odt[b->jobs[j]]);
-        /* bounded lookahead: a few jobs, and a byte budget unless nothing is pending */
-        if (j >= b->consumed + b->window || (b->pending_bytes && b->pending_bytes + need > b->budget)) {
+        if (j >= b->consumed + b->window) {       /* bounded lookahead: the output pool */
             pthread_cond_wait(&b->cv_space, &b->mu);
             continue;
         }
         b->next_job++;
-        b->pending_bytes += need;
         pthread_mutex_unlock(&b->mu);
         result r;
         memset(&r, 0, sizeof r);
-        r.rc = compute(b, b->jobs[j], &scratch, &scap, &r);
+        void *out = b->pool[j % b->window];
+        if (!wb.W || !out)
+            r.rc = lm_err_set(&r.err, LM_ENOMEM, lm_source_path(b->src), NULL, LM_ERR_NO_OFFSET, "out of memory");
+        else
+            r.rc = compute(b, b->jobs[j], &wb, out, &r);
         pthread_mutex_lock(&b->mu);
         b->res[j] = r;
         b->res[j].done = 1;
         pthread_cond_broadcast(&b->cv_done);
     }
     pthread_mutex_unlock(&b->mu);
-    free(scratch);
+    free(wb.W);
+    free(wb.dw);
+    free(wb.up);
+    free(wb.down);
     return NULL;
 }
 
@@ -340,6 +369,44 @@ static int write_copy(bake *b, lm_writer *w, size_t t, lm_err *err)
     return rc;
 }
 
+static int add_overflow(lm_bake_report *rep, const char *name, int64_t count);
+
+/* An untouched tensor whose dtype changes: converted in 1 Mi-element chunks here. */
+static int write_convert(bake *b, lm_writer *w, size_t t, lm_bake_report *rep, const lm_bake_opts *o, lm_err *err)
+{
+    const lm_entry *e = lm_source_entry(b->src, t);
+    lm_dtype odt = b->odt[t];
+    size_t isz = lm_dtype_size(e->dtype), osz = lm_dtype_size(odt), chunk = 1u << 20;
+    const uint8_t *raw = lm_source_raw(b->src, t);
+    void *tmp = NULL;
+    int rc = 0;
+    if (!raw) {
+        if (!(tmp = malloc(e->nbytes ? e->nbytes : 1))) return lm_err_set(err, LM_ENOMEM, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET, "out of memory");
+        if ((rc = lm_source_read(b->src, t, tmp, err))) { free(tmp); return rc; }
+        raw = tmp;
+    }
+    void *buf = malloc(chunk * osz);
+    if (!buf) { free(tmp); return lm_err_set(err, LM_ENOMEM, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET, "out of memory"); }
+    int64_t ov = 0;
+    for (size_t i = 0; i < (size_t)e->numel && !rc; i += chunk) {
+        size_t m = (size_t)e->numel - i < chunk ? (size_t)e->numel - i : chunk;
+        int64_t c = lm_convert(buf, odt, raw + i * isz, e->dtype, m);
+        if (c < 0) { rc = lm_err_set(err, (int)c, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET, "cannot convert %s to %s", lm_dtype_name(e->dtype), lm_dtype_name(odt)); break; }
+        ov += c;
+        rc = emit(b, w, buf, m * osz, err);
+    }
+    if (!tmp) release_pages(raw, e->nbytes);
+    free(buf);
+    free(tmp);
+    if (!rc && ov) {
+        if (add_overflow(rep, e->name, ov)) return lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
+        if (o->fail_on_overflow)
+            return lm_err_set(err, LM_EINPUT, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET,
+                              "%lld values overflow %s (--fail-on-overflow)", (long long)ov, lm_dtype_name(odt));
+    }
+    return rc;
+}
+
 static int add_overflow(lm_bake_report *rep, const char *name, int64_t count)
 {
     lm_bake_overflow *o = realloc(rep->overflows, (rep->n_overflows + 1) * sizeof *o);
@@ -361,6 +428,8 @@ static int run_pipeline(bake *b, lm_writer *w, const lm_bake_opts *o, lm_bake_re
         size_t t = lm_writer_tensor_index(w, k);
         if (b->mode[t] == MODE_COPY) {
             rc = write_copy(b, w, t, err);
+        } else if (b->mode[t] == MODE_CONVERT) {
+            rc = write_convert(b, w, t, rep, o, err);
         } else {
             if (b->jobs[j] != t) return lm_err_set(err, LM_EINTERNAL, NULL, NULL, LM_ERR_NO_OFFSET, "writer order is not file order");
             pthread_mutex_lock(&b->mu);
@@ -381,11 +450,9 @@ static int run_pipeline(bake *b, lm_writer *w, const lm_bake_opts *o, lm_bake_re
             rc = emit(b, w, r->buf, r->nbytes, err);
             const void *raw = lm_source_raw(b->src, t);
             if (raw) release_pages(raw, e->nbytes);
-            free(r->buf);
-            r->buf = NULL;
+            r->buf = NULL;        /* a pool buffer: reused by job j + window */
             pthread_mutex_lock(&b->mu);
             b->consumed = ++j;
-            b->pending_bytes -= r->nbytes;
             pthread_cond_broadcast(&b->cv_space);
             pthread_mutex_unlock(&b->mu);
         }
@@ -495,6 +562,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     b.res = calloc(b.nt ? b.nt : 1, sizeof *b.res);
     lm_wtensor *wt = calloc(b.nt ? b.nt : 1, sizeof *wt);
     if (!b.odt || !b.mode || !b.jobs || !b.res || !wt) { free(wt); rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+    size_t max_out = 0;
     for (size_t t = 0; t < b.nt; t++) {
         const lm_entry *e = lm_source_entry(src, t);
         b.odt[t] = (o.out_dtype != LM_DT_INVALID && lm_dtype_is_float(e->dtype)) ? o.out_dtype : e->dtype;
@@ -502,7 +570,11 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         if (b.mode[t] == MODE_UPDATE) rep->touched++;
         else if (b.mode[t] == MODE_CONVERT) rep->converted++;
         else rep->copied++;
-        if (b.mode[t] != MODE_COPY) b.jobs[b.njobs++] = t;
+        if (b.mode[t] == MODE_UPDATE) {
+            b.jobs[b.njobs++] = t;
+            if ((size_t)e->numel > b.max_numel) b.max_numel = (size_t)e->numel;
+            if ((size_t)e->numel * lm_dtype_size(b.odt[t]) > max_out) max_out = (size_t)e->numel * lm_dtype_size(b.odt[t]);
+        }
         wt[t].name = e->name;
         wt[t].dtype = b.odt[t];
         wt[t].ndim = e->ndim;
@@ -513,8 +585,10 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     /* workers start now: they overlap the base hash */
     nth = lmm_threads(o.threads);
     if ((size_t)nth > b.njobs) nth = b.njobs ? (int)b.njobs : 0;
-    b.window = (size_t)nth + 1;
-    b.budget = 64ull << 20;   /* pending output bytes: bounds resident memory */
+    b.window = (size_t)nth + 1;   /* output buffers: resident memory ≈ window × largest output
+                                     + workers × 2 × largest fp32 tensor */
+    b.pool = calloc(b.window, sizeof *b.pool);
+    for (size_t i = 0; b.pool && i < b.window; i++) b.pool[i] = malloc(max_out ? max_out : 1);
     pthread_mutex_init(&b.mu, NULL);
     pthread_cond_init(&b.cv_done, NULL);
     pthread_cond_init(&b.cv_space, NULL);
@@ -600,7 +674,8 @@ stop:
 done:
     if (hash_started) { hb.cancel = 1; pthread_join(hth, NULL); }
     lm_writer_abort(w);
-    if (b.res) for (size_t j = 0; j < b.njobs; j++) free(b.res[j].buf);
+    for (size_t i = 0; b.pool && i < b.window; i++) free(b.pool[i]);
+    free(b.pool);
     if (mu_init) {
         pthread_mutex_destroy(&b.mu);
         pthread_cond_destroy(&b.cv_done);

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# bench/bake.sh — the make-demo bake (fsync'd output) against, in the same run,
+#   a durable copy:   cp BASE X && sync
+#   the same bake by a short numpy script (bench/bake_numpy.py: load, W += λ·ΔW in fp32,
+#   cast, save, fsync) with Debian's python3-numpy,
+# as ratios, plus the peak RSS of each (/usr/bin/time -v). Targets (issue 5): lcm-bake
+# ≤ 2× the durable cp, ≥ 4× faster than numpy, peak RSS ≤ 600 MB.
+# Inputs are generated as by make demo when missing (demo-out/). Every run starts with
+# the inputs in the page cache (read once before), so all three read from memory.
+# Options: RUNS=N (default 1: best of N for each), SKIP_NUMPY=1, THREADS=N.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+BIN=${BIN:-bin}
+OUT=${DEMO_OUT:-demo-out}
+RUNS=${RUNS:-1}
+STYLE=fixtures/real/sd15_lora_attnproc_noprefix.safetensors
+BASE=$OUT/sd15_synthetic_fp16.safetensors
+LCM=$OUT/lcm_lora_sd15_shaped.safetensors
+PY=/usr/bin/python3
+
+make -s all "$BUILD/bench/gen_sd15" >/dev/null
+mkdir -p "$OUT"
+[ -f "$BASE" ] || "$BUILD/bench/gen_sd15" base fixtures/golden/sd15/sd15_ldm_manifest.json "$BASE"
+[ -f "$LCM" ] || "$BUILD/bench/gen_sd15" lora fixtures/golden/manifests/lcm_lora_sd15_keys.json "$LCM"
+[ -x /usr/bin/time ] || { echo "bench/bake.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
+tmp=$(mktemp -d "$OUT/.bench.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+# run NAME CMD…: best wall time (s) and its peak RSS (KB) over RUNS runs → $wall $rss
+run() {
+  local name=$1; shift
+  wall=; rss=
+  for _ in $(seq "$RUNS"); do
+    cat "$BASE" "$LCM" "$STYLE" >/dev/null
+    sync
+    /usr/bin/time -v -o "$tmp/time" "$@" >"$tmp/log" 2>&1 || { echo "$name failed:"; cat "$tmp/log"; exit 1; }
+    local w r
+    w=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$tmp/time")
+    r=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$tmp/time")
+    if [ -z "$wall" ] || awk -v a="$w" -v b="$wall" 'BEGIN { exit !(a < b) }'; then wall=$w; rss=$r; fi
+    rm -f "$tmp/out.safetensors"
+  done
+  printf '%-34s %8.2f s   peak RSS %7.0f MB\n' "$name" "$wall" "$((rss / 1024))"
+}
+
+echo "bake: $(basename "$BASE") + 0.8·$(basename "$STYLE") + 1.0·$(basename "$LCM"), $(nproc) CPUs"
+run "cp BASE X && sync" sh -c "cp '$BASE' '$tmp/out.safetensors' && sync"
+cp_wall=$wall
+run "lcm-bake (fsync'd, hashes)" "$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$tmp/out.safetensors" \
+    --hash ${THREADS:+--threads "$THREADS"}
+bake_wall=$wall
+bake_rss=$rss
+run "lcm-bake --threads 1" "$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$tmp/out.safetensors" --threads 1
+if [ -z "${SKIP_NUMPY:-}" ]; then
+  run "numpy (bench/bake_numpy.py)" "$PY" bench/bake_numpy.py "$BASE" "$tmp/out.safetensors" "$STYLE:0.8" "$LCM:1.0"
+  np_wall=$wall
+fi
+awk -v b="$bake_wall" -v c="$cp_wall" 'BEGIN { printf "lcm-bake / durable cp   %.2f   (target <= 2)\n", b / c }'
+[ -n "${np_wall:-}" ] && awk -v b="$bake_wall" -v n="$np_wall" 'BEGIN { printf "numpy / lcm-bake        %.2f   (target >= 4)\n", n / b }'
+echo "lcm-bake peak RSS       $((bake_rss / 1024)) MB (target <= 600)"
