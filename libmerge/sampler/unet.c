@@ -28,7 +28,41 @@ static void tap(fwd *f, const char *name, const float *x, int C, int H, int W)
     if (f->u->opts.tap) f->u->opts.tap(f->u->opts.tap_ctx, name, f->n, x, C, H, W);
 }
 
-static float *fbuf(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
+/* Activation buffers come from a per-UNet pool and go back to it: every
+ * forward pass asks for the same sizes in the same order, so after the first
+ * pass nothing is allocated (and no fresh page is faulted in) any more. */
+static float *ub(lm_unet *u, size_t n)
+{
+    size_t best = (size_t)-1;
+    for (size_t i = 0; i < u->n_pool; i++)
+        if (!u->pool[i].used && u->pool[i].cap >= n && (best == (size_t)-1 || u->pool[i].cap < u->pool[best].cap))
+            best = i;
+    if (best != (size_t)-1) {
+        u->pool[best].used = 1;
+        return u->pool[best].p;
+    }
+    if (u->n_pool == u->cap_pool) {
+        size_t cap = u->cap_pool ? 2 * u->cap_pool : 64;
+        u_buf *q = realloc(u->pool, cap * sizeof *q);
+        if (!q) return NULL;
+        u->pool = q;
+        u->cap_pool = cap;
+    }
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    if (!p) return NULL;
+    u->pool[u->n_pool++] = (u_buf){ p, n, 1 };
+    return p;
+}
+
+static void uf(lm_unet *u, float *p)
+{
+    if (!p) return;
+    for (size_t i = 0; i < u->n_pool; i++)
+        if (u->pool[i].p == p) { u->pool[i].used = 0; return; }
+}
+
+#define UB(n) ub(f->u, (n))
+#define UF(p) uf(f->u, (p))
 
 /* ResnetBlock2D: x [cin, H, W] → out [cout, H, W] */
 static int resnet(fwd *f, const u_resnet *r, const float *x, int H, int W, float *out)
@@ -36,8 +70,8 @@ static int resnet(fwd *f, const u_resnet *r, const float *x, int H, int W, float
     lm_unet *u = f->u;
     int64_t HW = (int64_t)H * W;
     int G = u->cfg.groups, rc = LM_ENOMEM;
-    float *a = fbuf((size_t)r->cin * HW), *h = fbuf((size_t)r->cout * HW);
-    float *t = fbuf((size_t)r->cout);
+    float *a = UB((size_t)r->cin * HW), *h = UB((size_t)r->cout * HW);
+    float *t = UB((size_t)r->cout);
     if (!a || !h || !t) goto done;
     lm_group_norm(x, r->cin, HW, G, r->norm1.w, r->norm1.b, GN_EPS_RESNET, 1, a);
     if ((rc = lm_conv2d(a, r->cin, H, W, r->conv1.w, r->conv1.b, r->cout, 3, 1, PAD1, h, &u->work))) goto done;
@@ -54,7 +88,7 @@ static int resnet(fwd *f, const u_resnet *r, const float *x, int H, int W, float
     }
     rc = 0;
 done:
-    free(a); free(h); free(t);
+    UF(a); UF(h); UF(t);
     return rc;
 }
 
@@ -66,9 +100,9 @@ static int tblock(fwd *f, const u_transformer *tr, const u_tblock *k, float *h, 
     int C = tr->C, X = u->cfg.context_dim, heads = tr->heads, dh = C / heads, L = f->L;
     float scale = 1.0f / sqrtf((float)dh);
     int rc = LM_ENOMEM;
-    float *n = fbuf((size_t)T * C), *att = fbuf((size_t)T * C);
-    float *qkv = fbuf((size_t)T * 3 * C), *kv = fbuf((size_t)L * 2 * C);
-    float *ff = fbuf((size_t)T * 8 * C), *g = fbuf((size_t)T * 4 * C);
+    float *n = UB((size_t)T * C), *att = UB((size_t)T * C);
+    float *qkv = UB((size_t)T * 3 * C), *kv = UB((size_t)L * 2 * C);
+    float *ff = UB((size_t)T * 8 * C), *g = UB((size_t)T * 4 * C);
     if (!n || !att || !qkv || !kv || !ff || !g) goto done;
     /* self-attention: one projection to [T, 3C] = [q | k | v] */
     lm_layer_norm(h, T, C, k->norm1.w, k->norm1.b, LN_EPS, n);
@@ -91,7 +125,7 @@ static int tblock(fwd *f, const u_transformer *tr, const u_tblock *k, float *h, 
     lm_linear(g, T, 4 * C, k->ff2.w, k->ff2.b, C, h, 1);
     rc = 0;
 done:
-    free(n); free(att); free(qkv); free(kv); free(ff); free(g);
+    UF(n); UF(att); UF(qkv); UF(kv); UF(ff); UF(g);
     return rc;
 }
 
@@ -100,7 +134,7 @@ static int transformer(fwd *f, const u_transformer *tr, float *x, int H, int W)
 {
     int64_t T = (int64_t)H * W;
     int C = tr->C, rc = LM_ENOMEM;
-    float *a = fbuf((size_t)C * T), *h = fbuf((size_t)T * C);
+    float *a = UB((size_t)C * T), *h = UB((size_t)T * C);
     if (!a || !h) goto done;
     lm_group_norm(x, C, T, f->u->cfg.groups, tr->norm.w, tr->norm.b, GN_EPS_ATTN, 0, a);
     lm_proj_to_tokens(a, C, T, tr->proj_in.w, tr->proj_in.b, C, h);
@@ -109,7 +143,7 @@ static int transformer(fwd *f, const u_transformer *tr, float *x, int H, int W)
     lm_proj_from_tokens(h, T, C, tr->proj_out.w, tr->proj_out.b, C, x, 1);
     rc = 0;
 done:
-    free(a); free(h);
+    UF(a); UF(h);
     return rc;
 }
 
@@ -123,8 +157,8 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
     skip_t skips[3 * LM_UNET_MAX_LEVELS + 2];
     float *h = NULL, *o = NULL;
     /* time embedding */
-    float *tp = fbuf((size_t)g->time_proj_dim), *e1 = fbuf((size_t)g->time_embed_dim);
-    float *emb = fbuf((size_t)g->time_embed_dim);
+    float *tp = UB((size_t)g->time_proj_dim), *e1 = UB((size_t)g->time_embed_dim);
+    float *emb = UB((size_t)g->time_embed_dim);
     if (!tp || !e1 || !emb) goto done;
     lm_timestep_embedding(&t, 1, g->time_proj_dim, 1, 0.0f, 10000.0f, tp);
     tap(f, "time_proj", tp, g->time_proj_dim, 1, 1);
@@ -134,19 +168,19 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
     tap(f, "time_embedding", emb, g->time_embed_dim, 1, 1);
     if (g->adm_in_channels) {
         /* SDXL: emb += linear_2(SiLU(linear_1(y))) (diffusers' add_embedding, "aug_emb") */
-        float *a1 = fbuf((size_t)g->time_embed_dim), *a2 = fbuf((size_t)g->time_embed_dim);
-        if (!a1 || !a2) { free(a1); free(a2); goto done; }
+        float *a1 = UB((size_t)g->time_embed_dim), *a2 = UB((size_t)g->time_embed_dim);
+        if (!a1 || !a2) { UF(a1); UF(a2); goto done; }
         lm_linear(y, 1, g->adm_in_channels, u->add1.w, u->add1.b, g->time_embed_dim, a1, 0);
         lm_silu(a1, (size_t)g->time_embed_dim);
         lm_linear(a1, 1, g->time_embed_dim, u->add2.w, u->add2.b, g->time_embed_dim, a2, 0);
         tap(f, "add_embedding", a2, g->time_embed_dim, 1, 1);
         lm_add(emb, a2, (size_t)g->time_embed_dim);
-        free(a1); free(a2);
+        UF(a1); UF(a2);
     }
     lm_silu(emb, (size_t)g->time_embed_dim);
     f->emb_silu = emb;
 
-    h = fbuf((size_t)C * H * W);
+    h = UB((size_t)C * H * W);
     if (!h) goto done;
     if ((rc = lm_conv2d(x, g->in_channels, H, W, u->conv_in.w, u->conv_in.b, C, 3, 1, PAD1, h, &u->work))) goto done;
     tap(f, "conv_in", h, C, H, W);
@@ -156,7 +190,7 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
         const u_block *b = &u->down[i];
         for (int j = 0; j < b->n_res; j++) {
             const u_resnet *r = &b->res[j];
-            o = fbuf((size_t)r->cout * H * W);
+            o = UB((size_t)r->cout * H * W);
             if (!o) { rc = LM_ENOMEM; goto done; }
             if ((rc = resnet(f, r, h, H, W, o))) goto done;
             if (b->attn[j].depth && (rc = transformer(f, &b->attn[j], o, H, W))) goto done;
@@ -165,7 +199,7 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
         }
         if (b->sample.w) {
             int OH = (H + 1) / 2, OW = (W + 1) / 2;
-            o = fbuf((size_t)C * OH * OW);
+            o = UB((size_t)C * OH * OW);
             if (!o) { rc = LM_ENOMEM; goto done; }
             if ((rc = lm_conv2d(h, C, H, W, b->sample.w, b->sample.b, C, 3, 2, PAD1, o, &u->work))) goto done;
             h = o; o = NULL; H = OH; W = OW;
@@ -175,15 +209,15 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
         tap(f, name, h, C, H, W);
     }
     /* mid block: h is the last skip and must survive, so work on a copy */
-    o = fbuf((size_t)C * H * W);
+    o = UB((size_t)C * H * W);
     if (!o) { rc = LM_ENOMEM; goto done; }
     if ((rc = resnet(f, &u->mid_res[0], h, H, W, o))) goto done;
     h = o; o = NULL;
     if (u->mid_attn.depth && (rc = transformer(f, &u->mid_attn, h, H, W))) goto done;
-    o = fbuf((size_t)C * H * W);
+    o = UB((size_t)C * H * W);
     if (!o) { rc = LM_ENOMEM; goto done; }
     if ((rc = resnet(f, &u->mid_res[1], h, H, W, o))) goto done;
-    free(h); h = o; o = NULL;
+    UF(h); h = o; o = NULL;
     tap(f, "mid_block", h, C, H, W);
     for (int i = 0; i < L; i++) {
         const u_block *b = &u->up[i];
@@ -191,28 +225,28 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
             const u_resnet *r = &b->res[j];
             skip_t s = skips[--ns];
             size_t HW = (size_t)H * W;
-            float *cat = fbuf((size_t)(C + s.C) * HW);
+            float *cat = UB((size_t)(C + s.C) * HW);
             if (!cat) { rc = LM_ENOMEM; goto done; }
             memcpy(cat, h, (size_t)C * HW * sizeof *cat);
             memcpy(cat + (size_t)C * HW, s.p, (size_t)s.C * HW * sizeof *cat);
-            free(h); h = cat;
-            free(s.p); skips[ns].p = NULL;
-            o = fbuf((size_t)r->cout * HW);
+            UF(h); h = cat;
+            UF(s.p); skips[ns].p = NULL;
+            o = UB((size_t)r->cout * HW);
             if (!o) { rc = LM_ENOMEM; goto done; }
             if ((rc = resnet(f, r, h, H, W, o))) goto done;
             if (b->attn[j].depth && (rc = transformer(f, &b->attn[j], o, H, W))) goto done;
-            free(h); h = o; o = NULL; C = r->cout;
+            UF(h); h = o; o = NULL; C = r->cout;
         }
         if (b->sample.w) {
-            float *up = fbuf((size_t)C * 4 * H * W);
+            float *up = UB((size_t)C * 4 * H * W);
             if (!up) { rc = LM_ENOMEM; goto done; }
             lm_upsample_nearest2x(h, C, H, W, up);
             H *= 2; W *= 2;
-            free(h); h = up;
-            o = fbuf((size_t)C * H * W);
+            UF(h); h = up;
+            o = UB((size_t)C * H * W);
             if (!o) { rc = LM_ENOMEM; goto done; }
             if ((rc = lm_conv2d(h, C, H, W, b->sample.w, b->sample.b, C, 3, 1, PAD1, o, &u->work))) goto done;
-            free(h); h = o; o = NULL;
+            UF(h); h = o; o = NULL;
         }
         snprintf(name, sizeof name, "up_blocks.%d", i);
         tap(f, name, h, C, H, W);
@@ -223,8 +257,8 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
     rc = lm_conv2d(h, C, H, W, u->conv_out.w, u->conv_out.b, g->out_channels, 3, 1, PAD1, eps, &u->work);
 done:
     /* skips alias h only while h has not moved on; free each buffer once */
-    for (int i = 0; i < ns; i++) if (skips[i].p != h) free(skips[i].p);
-    free(h); free(o); free(tp); free(e1); free(emb);
+    for (int i = 0; i < ns; i++) if (skips[i].p != h) UF(skips[i].p);
+    UF(h); UF(o); UF(tp); UF(e1); UF(emb);
     return rc;
 }
 

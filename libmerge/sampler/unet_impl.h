@@ -31,6 +31,8 @@ typedef struct {
     u_lin sample;                                   /* downsampler / upsampler conv, w NULL: none */
 } u_block;
 
+typedef struct { float *p; size_t cap; int used; } u_buf;
+
 struct lm_unet {
     lm_unet_config cfg;
     lm_unet_opts opts;
@@ -41,6 +43,8 @@ struct lm_unet {
     float **owned;                                  /* every weight buffer, for lm_unet_free */
     size_t n_owned, cap_owned;
     lm_work work;
+    u_buf *pool;                                    /* activation buffers (unet.c) */
+    size_t n_pool, cap_pool;
 };
 
 #endif

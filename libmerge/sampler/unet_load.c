@@ -321,6 +321,8 @@ void lm_unet_free(lm_unet *u)
     if (!u) return;
     for (size_t i = 0; i < u->n_owned; i++) free(u->owned[i]);
     free(u->owned);
+    for (size_t i = 0; i < u->n_pool; i++) free(u->pool[i].p);
+    free(u->pool);
     lm_work_free(&u->work);
     free(u);
 }
