@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# lcm-bake(1) from the command line: a bake with --json, the documented exit statuses of
+# every refusal (2 usage / output == input, 3 bad or mismatched input, 4 disk full), and no
+# output or temporary file left behind by a refusal. Inputs: fixtures/golden/sd15/unet_ldm
+# (a tiny SD1.5 UNet, LDM layout) and the LoRAs of fixtures/bake/. One PASS/FAIL per check.
+set -u
+BIN=${BIN:-bin}
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+BASE=fixtures/golden/sd15/unet_ldm.safetensors
+LA=fixtures/bake/lora_a_kohya.safetensors
+LB=fixtures/bake/lora_b_diffusers.safetensors
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+empty() { [ -z "$(ls -A "$T")" ]; }
+
+# expect NAME STATUS -- command…: exit status and nothing written to $T
+expect() {
+  local name=$1 want=$2; shift 3
+  "$@" >"$T.out" 2>"$T.err"; local st=$?
+  if [ "$st" -ne "$want" ]; then fail "$name" "exit $st, expected $want: $(head -c 300 "$T.err")"
+  elif ! empty; then fail "$name" "left $(ls -A "$T" | tr '\n' ' ')"
+  elif [ "$want" -ne 0 ] && ! grep -q "^lcm-bake: " "$T.err"; then fail "$name" "no 'lcm-bake: ' message"
+  else pass "$name"; fi
+  rm -f "$T.out" "$T.err"
+}
+
+"$BIN/lcm-bake" "$BASE" -l "$LA:0.8" --lcm "$LB:-0.5" -o "$T/out.safetensors" --dtype fp16 --json >"$T.json" 2>"$T.err"
+st=$?
+if [ $st -eq 0 ] && [ -f "$T/out.safetensors" ] && grep -q '"ok":[[:space:]]*true' "$T.json" &&
+   grep -q '"touched":[[:space:]]*7' "$T.json" && grep -q '"role":[[:space:]]*"lcm"' "$T.json"; then
+  pass lcm_bake_json
+else fail lcm_bake_json "exit $st: $(head -c 300 "$T.err")"; fi
+# the recipe in the header names each input's SHA-256 and λ
+hdr=$(head -c 200000 "$T/out.safetensors" | tr -d '\0')
+if echo "$hdr" | grep -q 'libmerge.recipe' && echo "$hdr" | grep -q 'ff843e57ff8836dd1f20372184179c1147a591e508a6df3abf92317ae5ca8663' &&
+   echo "$hdr" | grep -q '\\"lambda\\":-0.5' && echo "$hdr" | grep -q 'modelspec.architecture":"stable-diffusion-v1"'; then
+  pass lcm_bake_recipe_in_header
+else fail lcm_bake_recipe_in_header "recipe, base SHA-256, λ or modelspec missing"; fi
+rm -f "$T/out.safetensors" "$T.json" "$T.err"
+
+# human summary on stdout
+out=$("$BIN/lcm-bake" "$BASE" -l "$LA" -o "$T/h.safetensors" 2>/dev/null)
+if [ $? -eq 0 ] && echo "$out" | grep -q "6 modules, 6 baked" && echo "$out" | grep -q "^time"; then pass lcm_bake_summary
+else fail lcm_bake_summary "unexpected output: $out"; fi
+rm -f "$T/h.safetensors"
+
+expect lcm_bake_usage_no_output 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA"
+expect lcm_bake_usage_no_lora 2 -- "$BIN/lcm-bake" "$BASE" -o "$T/x.safetensors"
+expect lcm_bake_usage_bad_dtype 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA" --dtype fp8 -o "$T/x.safetensors"
+expect lcm_bake_usage_bad_lambda_path 2 -- "$BIN/lcm-bake" "$BASE" -l ":0.5" -o "$T/x.safetensors"
+expect lcm_bake_refuses_output_is_input 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA" -o "$BASE"
+expect lcm_bake_refuses_output_is_lora 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA" -o "$LA"
+expect lcm_bake_refuses_unmatched 3 -- "$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_unmatched.safetensors -o "$T/x.safetensors"
+expect lcm_bake_refuses_shape_mismatch 3 -- "$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_badshape.safetensors -o "$T/x.safetensors"
+expect lcm_bake_refuses_sd2_lora_on_sd1 3 -- "$BIN/lcm-bake" "$BASE" -l fixtures/real/sd15_lora_diffusers_bf16.safetensors -o "$T/x.safetensors"
+expect lcm_bake_refuses_sd1_lora_on_sdxl 3 -- "$BIN/lcm-bake" fixtures/golden/sdxl/unet_tiny_sdxl_original.safetensors -l "$LA" -o "$T/x.safetensors"
+expect lcm_bake_fail_on_overflow 3 -- "$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_overflow.safetensors --dtype fp16 --fail-on-overflow -o "$T/x.safetensors"
+expect lcm_bake_missing_lora 4 -- "$BIN/lcm-bake" "$BASE" -l "$T/none.safetensors" -o "$T/x.safetensors"
+expect lcm_bake_disk_full 4 -- bash -c 'ulimit -f 1024; exec "$@"' _ "$BIN/lcm-bake" "$BASE" -l "$LA" -o "$T/x.safetensors"
+
+# overflow without --fail-on-overflow: written, and reported
+out=$("$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_overflow.safetensors --dtype fp16 -o "$T/ov.safetensors" 2>&1)
+if [ $? -eq 0 ] && echo "$out" | grep -q "overflow .* 1 tensors" && echo "$out" | grep -q "attn1.to_q.weight"; then pass lcm_bake_overflow_reported
+else fail lcm_bake_overflow_reported "$out"; fi
+rm -f "$T/ov.safetensors"
+
+# --allow-unmatched skips and counts
+out=$("$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_unmatched.safetensors --allow-unmatched -o "$T/u.safetensors" 2>&1)
+if [ $? -eq 0 ] && echo "$out" | grep -q "1 unmatched (skipped)"; then pass lcm_bake_allow_unmatched
+else fail lcm_bake_allow_unmatched "$out"; fi
+rm -f "$T/u.safetensors"

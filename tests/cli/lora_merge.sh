@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# lora-merge(1) from the command line: --exact, --rank with the per-module report, --json,
+# --format peft, --extract, and the refusals with their exit statuses. One PASS/FAIL per check.
+set -u
+BIN=${BIN:-bin}
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+BASE=fixtures/golden/sd15/unet_ldm.safetensors
+LA=fixtures/bake/lora_a_kohya.safetensors
+LB=fixtures/bake/lora_b_diffusers.safetensors
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+
+out=$("$BIN/lora-merge" "$LA:0.8" "$LB:-0.5" --exact -o "$T/exact.safetensors" 2>&1)
+if [ $? -eq 0 ] && echo "$out" | grep -q "7 modules" && head -c 100000 "$T/exact.safetensors" | grep -q 'lora_unet_down_blocks_0_resnets_0_conv1.alpha'; then
+  pass lora_merge_exact
+else fail lora_merge_exact "$out"; fi
+
+"$BIN/lora-merge" "$LA:0.8" "$LB:-0.5" --rank 2 --json -o "$T/r2.safetensors" >"$T/r2.json" 2>"$T/err"
+if [ $? -eq 0 ] && grep -q '"modules_written":[[:space:]]*7' "$T/r2.json" && grep -q '"rel_error":' "$T/r2.json" &&
+   grep -q '"energy":' "$T/r2.json"; then pass lora_merge_rank_json
+else fail lora_merge_rank_json "$(cat "$T/err")"; fi
+# the per-module report of the conv 3x3 module matches the numpy reference (0.7359)
+if grep -A8 '"lora_unet_down_blocks_0_resnets_0_conv1"' "$T/r2.json" | grep -q '"rel_error":[[:space:]]*0.7359'; then
+  pass lora_merge_rank_error_value
+else fail lora_merge_rank_error_value "conv1 rel_error not 0.7359…"; fi
+
+out=$("$BIN/lora-merge" "$LA:0.8" "$LB:-0.5" --exact --format peft --base "$BASE" -o "$T/peft.safetensors" 2>&1)
+if [ $? -eq 0 ] && head -c 100000 "$T/peft.safetensors" | grep -q 'unet.down_blocks.0.resnets.0.conv1.lora_A.weight'; then
+  pass lora_merge_peft
+else fail lora_merge_peft "$out"; fi
+
+"$BIN/lcm-bake" "$BASE" -l "$LA" -o "$T/tuned.safetensors" >/dev/null 2>&1
+out=$("$BIN/lora-merge" --extract "$BASE" "$T/tuned.safetensors" --rank 4 -o "$T/ex.safetensors" 2>&1)
+if [ $? -eq 0 ] && echo "$out" | grep -q "6 modules"; then pass lora_merge_extract
+else fail lora_merge_extract "$out"; fi
+
+n=$(ls -A "$T" | wc -l)
+st() { "$@" >/dev/null 2>"$T.err"; echo $?; }
+check() {  # NAME WANT STATUS
+  if [ "$3" -ne "$2" ]; then fail "$1" "exit $3, expected $2: $(head -c 300 "$T.err")"
+  elif [ "$(ls -A "$T" | wc -l)" -ne "$n" ]; then fail "$1" "left a file behind"
+  else pass "$1"; fi
+}
+check lora_merge_usage_no_mode 2 "$(st "$BIN/lora-merge" "$LA" -o "$T/x.safetensors")"
+check lora_merge_usage_both_modes 2 "$(st "$BIN/lora-merge" "$LA" --exact --rank 4 -o "$T/x.safetensors")"
+check lora_merge_usage_bad_rank 2 "$(st "$BIN/lora-merge" "$LA" --rank 0 -o "$T/x.safetensors")"
+check lora_merge_usage_extract_args 2 "$(st "$BIN/lora-merge" --extract "$BASE" --rank 4 -o "$T/x.safetensors")"
+check lora_merge_refuses_output_is_input 2 "$(st "$BIN/lora-merge" "$LA" "$LB" --exact -o "$LB")"
+check lora_merge_refuses_shape_mismatch 3 "$(st "$BIN/lora-merge" "$LA" fixtures/bake/lora_badshape.safetensors --exact -o "$T/x.safetensors")"
+check lora_merge_refuses_lokr_exact 3 "$(st "$BIN/lora-merge" fixtures/real/sd15_lycoris_lokr_fp16.safetensors --exact -o "$T/x.safetensors")"
+check lora_merge_peft_needs_paths 3 "$(st "$BIN/lora-merge" "$LA" --exact --format peft -o "$T/x.safetensors")"
+check lora_merge_extract_other_arch 3 "$(st "$BIN/lora-merge" --extract "$BASE" fixtures/golden/sdxl/unet_tiny_sdxl_original.safetensors --rank 2 -o "$T/x.safetensors")"
+check lora_merge_disk_full 4 "$(st bash -c 'ulimit -f 8; exec "$@"' _ "$BIN/lora-merge" "$LA" "$LB" --exact -o "$T/x.safetensors")"
+rm -f "$T.err"
