@@ -15,7 +15,7 @@
  * difference TUNED − BASE through the same SVD.
  *
  * Every output carries a recipe (metadata key LM_RECIPE_KEY, JSON described in
- * libmerge(7), RECIPE) with each input's SHA-256 and λ, so lcm-verify can recompute
+ * lcm-bake(1), RECIPE, and in recipe.c) with each input's SHA-256 and λ, so lcm-verify can recompute
  * the file from its inputs alone; see lm_recipe_parse.
  */
 #ifndef LIBMERGE_MERGE_H
