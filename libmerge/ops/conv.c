@@ -50,6 +50,25 @@ static void im2col(const float *x, int C, int H, int W, int k, int stride, int p
     }
 }
 
+/* y[c, i] = v[c] for y [C, n] */
+static void fill_rows(float *y, int C, size_t n, const float *v)
+{
+    for (int c = 0; c < C; c++) {
+        float *r = y + (size_t)c * n;
+        for (size_t i = 0; i < n; i++) r[i] = v[c];
+    }
+}
+
+/* y[t, o] (+)= b[o] for y [T, out] */
+static void bias_tokens(float *y, int64_t T, int out, const float *b, int add)
+{
+    for (int64_t t = 0; t < T; t++) {
+        float *r = y + t * out;
+        if (add) for (int o = 0; o < out; o++) r[o] += b[o];
+        else memcpy(r, b, (size_t)out * sizeof *r);
+    }
+}
+
 int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *b,
               int OC, int k, int stride, const int pad[4], float *y, lm_work *work)
 {
@@ -58,9 +77,16 @@ int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *
     if (OH <= 0 || OW <= 0 || C <= 0 || OC <= 0)
         return lm_err_set(NULL, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "empty convolution");
     size_t P = (size_t)OH * OW;
+    /* the bias goes in first and sgemm accumulates onto it (beta = 1): one
+     * pass instead of OpenBLAS zeroing C (beta = 0) plus a bias pass */
+    float beta = 0.0f;
+    if (b) {
+        fill_rows(y, OC, P, b);
+        beta = 1.0f;
+    }
     if (k == 1 && stride == 1 && !pad[0] && !pad[1] && !pad[2] && !pad[3]) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, (int)P, C, 1.0f, w, C,
-                    x, (int)P, 0.0f, y, (int)P);
+                    x, (int)P, beta, y, (int)P);
     } else {
         size_t K = (size_t)C * k * k;
         size_t rows = SLAB_FLOATS / (K * (size_t)OW);
@@ -72,35 +98,26 @@ int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *
             size_t r = rows < (size_t)OH - oy ? rows : (size_t)OH - oy;
             im2col(x, C, H, W, k, stride, pad[0], pad[1], (int)oy, (int)r, (int)OW, col);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, (int)(r * OW), (int)K, 1.0f,
-                        w, (int)K, col, (int)(r * OW), 0.0f, y + oy * OW, (int)P);
+                        w, (int)K, col, (int)(r * OW), beta, y + oy * OW, (int)P);
         }
     }
-    if (b) lm_add_channel(y, OC, (int64_t)P, b);
     return 0;
 }
 
 void lm_linear(const float *x, int64_t T, int in, const float *w, const float *b, int out,
                float *y, int accumulate)
 {
+    if (b) bias_tokens(y, T, out, b, accumulate);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, out, in, 1.0f, x, in, w, in,
-                accumulate ? 1.0f : 0.0f, y, out);
-    if (b)
-        for (int64_t t = 0; t < T; t++) {
-            float *r = y + t * out;
-            for (int o = 0; o < out; o++) r[o] += b[o];
-        }
+                (accumulate || b) ? 1.0f : 0.0f, y, out);
 }
 
 void lm_proj_to_tokens(const float *x, int C, int64_t HW, const float *w, const float *b,
                        int out, float *y)
 {
+    if (b) bias_tokens(y, HW, out, b, 0);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)HW, out, C, 1.0f, x, (int)HW, w, C,
-                0.0f, y, out);
-    if (b)
-        for (int64_t t = 0; t < HW; t++) {
-            float *r = y + t * out;
-            for (int o = 0; o < out; o++) r[o] += b[o];
-        }
+                b ? 1.0f : 0.0f, y, out);
 }
 
 void lm_proj_from_tokens(const float *x, int64_t HW, int C, const float *w, const float *b,

@@ -12,6 +12,7 @@
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int v8i __attribute__((vector_size(32)));
+typedef unsigned v8u __attribute__((vector_size(32)));
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define CLONES __attribute__((target_clones("avx2", "default")))
@@ -44,7 +45,7 @@ static inline v8f vexp(v8f x)
     p = p * r + SPLAT(1.6666665459e-1f);
     p = p * r + SPLAT(5.0000001201e-1f);
     v8f y = p * r * r + r + SPLAT(1.0f);
-    y = (v8f)((v8i)y + (n << 23));
+    y = (v8f)((v8u)y + ((v8u)n << 23));   /* unsigned: n may be negative */
     return vsel(under, SPLAT(0.0f), y);
 }
 
