@@ -46,7 +46,7 @@ static unsigned char *slurp(const char *path, size_t *len)
 
 /* Copies every tensor and the metadata of src into out through the writer,
  * in the writer's order, in chunks of `chunk` bytes. */
-static int copy_through(const char *src, const char *out, size_t chunk, lm_err *err)
+static int copy_through_mode(const char *src, const char *out, size_t chunk, int kernel, lm_err *err)
 {
     lm_source *s = NULL;
     int rc = lm_source_open(&s, src, NULL, err);
@@ -72,6 +72,7 @@ static int copy_through(const char *src, const char *out, size_t chunk, lm_err *
         size_t i = lm_writer_tensor_index(w, k);
         const lm_entry *e = lm_source_entry(s, i);
         const unsigned char *p = lm_source_raw(s, i);
+        if (kernel) { rc = lm_writer_copy_from(w, src, e->offset, e->nbytes, err); continue; }
         for (uint64_t off = 0; !rc && off < e->nbytes; off += chunk) {
             size_t m = e->nbytes - off < chunk ? (size_t)(e->nbytes - off) : chunk;
             rc = lm_writer_write(w, p + off, m, err);
@@ -83,6 +84,11 @@ static int copy_through(const char *src, const char *out, size_t chunk, lm_err *
     free(kv);
     lm_source_close(s);
     return rc;
+}
+
+static int copy_through(const char *src, const char *out, size_t chunk, lm_err *err)
+{
+    return copy_through_mode(src, out, chunk, 0, err);
 }
 
 /* Files written by the real safetensors library come back byte for byte. */
@@ -98,17 +104,19 @@ static void test_roundtrip_identical(void)
         snprintf(src, sizeof src, "fixtures/real/%s", files[f]);
         pathf(out, sizeof out, files[f]);
         lm_err err;
-        CHECK_OK(copy_through(src, out, f == 0 ? 7 : 1 << 20, &err), &err);
+        for (int kernel = 0; kernel < 2; kernel++) {
+        CHECK_OK(copy_through_mode(src, out, f == 0 ? 7 : 1 << 20, kernel, &err), &err);
         size_t a_len = 0, b_len = 0;
         unsigned char *a = slurp(src, &a_len), *b = slurp(out, &b_len);
         CHECK(a && b);
         CHECK_EQ_INT(b_len, a_len);
         size_t diff = 0;
         while (diff < a_len && a[diff] == b[diff]) diff++;
-        CHECK_MSG(diff == a_len, "%s: first difference at byte %zu", files[f], diff);
+        CHECK_MSG(diff == a_len, "%s (%s): first difference at byte %zu", files[f], kernel ? "copy_from" : "write", diff);
         free(a);
         free(b);
         unlink(out);
+        }
     }
     CHECK_EQ_INT(dir_count(g_dir), 0);
 }
@@ -360,6 +368,56 @@ static void test_short_long_abort(void)
     CHECK_EQ_INT(lm_writer_open(&w, "/nonexistent-dir/x.safetensors", t, 2, NULL, 0, NULL, &err), LM_EIO);
 }
 
+/* lm_writer_copy_from mixed with lm_writer_write, across two sources;
+ * errors: missing source, past the declared size, source too short. */
+static void test_copy_from(void)
+{
+    char src[512], out[512];
+    pathf(src, sizeof src, "src.bin");
+    pathf(out, sizeof out, "copy.safetensors");
+    unsigned char bytes[64];
+    for (int i = 0; i < 64; i++) bytes[i] = (unsigned char)(i * 7 + 1);
+    FILE *f = fopen(src, "wb");
+    fwrite(bytes, 1, 64, f);
+    fclose(f);
+    lm_wtensor t[] = { { "a", LM_DT_U8, 1, { 8 } }, { "b", LM_DT_U8, 1, { 16 } }, { "c", LM_DT_U8, 1, { 8 } } };
+    lm_writer_opts o = LM_WRITER_OPTS_INIT;
+    o.keep_order = 1;
+    lm_writer *w = NULL;
+    lm_err err;
+    CHECK_OK(lm_writer_open(&w, out, t, 3, NULL, 0, &o, &err), &err);
+    uint64_t ds = lm_writer_data_start(w);
+    CHECK_OK(lm_writer_copy_from(w, src, 10, 4, &err), &err);     /* a: 4 copied, coalesced with */
+    CHECK_OK(lm_writer_copy_from(w, src, 14, 4, &err), &err);     /*    the next 4 */
+    CHECK_OK(lm_writer_write(w, "0123456789abcdef", 16, &err), &err);  /* b: written */
+    CHECK_OK(lm_writer_copy_from(w, "fixtures/real/st_i64_scalar_offset_order.safetensors", 656, 8, &err), &err); /* c */
+    CHECK_OK(lm_writer_commit(w, &err), &err);
+    size_t len;
+    unsigned char *b = slurp(out, &len);
+    CHECK_EQ_INT(len, ds + 32);
+    CHECK(memcmp(b + ds, bytes + 10, 8) == 0);
+    CHECK(memcmp(b + ds + 8, "0123456789abcdef", 16) == 0);
+    int64_t one = 0;
+    memcpy(&one, b + ds + 24, 8);
+    CHECK_EQ_INT(one, 1);   /* num_batches_tracked */
+    free(b);
+    unlink(out);
+
+    CHECK_OK(lm_writer_open(&w, out, t, 3, NULL, 0, &o, &err), &err);
+    CHECK_EQ_INT(lm_writer_copy_from(w, "/nonexistent/src", 0, 8, &err), LM_EIO);
+    CHECK_EQ_STR(err.file, "/nonexistent/src");
+    lm_writer_abort(w);
+    CHECK_OK(lm_writer_open(&w, out, t, 3, NULL, 0, &o, &err), &err);
+    CHECK_EQ_INT(lm_writer_copy_from(w, src, 0, 40, &err), LM_EUSAGE);
+    lm_writer_abort(w);
+    CHECK_OK(lm_writer_open(&w, out, t, 3, NULL, 0, &o, &err), &err);
+    CHECK_OK(lm_writer_copy_from(w, src, 40, 32, &err), &err);   /* only 24 bytes there: found when issued */
+    CHECK_EQ_INT(lm_writer_commit(w, &err), LM_EIO);
+    CHECK_EQ_STR(err.file, src);
+    unlink(src);
+    CHECK_EQ_INT(dir_count(g_dir), 0);
+}
+
 /* EFBIG (RLIMIT_FSIZE) at open (space reservation) and during writes: the
  * temporary file is removed and the target never appears. */
 static void test_efbig_leaves_no_file(void)
@@ -449,6 +507,7 @@ int main(void)
     RUN(test_refuses_bad_tensors);
     RUN(test_refuses_to_overwrite_input);
     RUN(test_short_long_abort);
+    RUN(test_copy_from);
     RUN(test_efbig_leaves_no_file);
     RUN(test_signal_removes_temp);
     rmdir(g_dir);

@@ -68,6 +68,15 @@ size_t lm_writer_tensor_index(const lm_writer *w, size_t k);
  * (more bytes than the header declares). */
 int lm_writer_write(lm_writer *w, const void *data, size_t nbytes, lm_err *err);
 
+/* Appends nbytes read from the file src_path at byte offset (a tensor's
+ * lm_entry.offset in a safetensors source), as lm_writer_write would append
+ * them, but copied by the kernel (copy_file_range(2), as cp(1) does) without
+ * passing through user space; falls back to pread/write across filesystems.
+ * The source stays open between calls with the same path. Errors: as
+ * lm_writer_write; LM_EIO naming src_path when it cannot be opened or read
+ * (the temp file is removed). */
+int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err);
+
 /* Checks every byte was written, fsyncs, renames into place, fsyncs the
  * directory, frees w. On error the temp file is removed and w freed. */
 int lm_writer_commit(lm_writer *w, lm_err *err);

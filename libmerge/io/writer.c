@@ -43,6 +43,9 @@ struct lm_writer {
     char *path, *tmp;
     int fd;
     int failed;              /* LM_E* once a write failed: temp already removed */
+    int src_fd;              /* lm_writer_copy_from: the source file kept open between calls */
+    char *src_path;
+    uint64_t pend_off, pend_len;  /* a copy not yet issued: contiguous copies coalesce into one */
     wr_tensor *t;
     size_t n;
     size_t *order;           /* order[k] = index of the k-th tensor to write */
@@ -197,6 +200,8 @@ static const char *same_as_input(const char *path, char *const *inputs, size_t n
 static void free_writer(lm_writer *w)
 {
     if (!w) return;
+    if (w->src_fd >= 0) close(w->src_fd);
+    free(w->src_path);
     if (w->t) for (size_t i = 0; i < w->n; i++) free(w->t[i].name);
     if (w->inputs) for (size_t i = 0; i < w->n_inputs; i++) free(w->inputs[i]);
     free(w->inputs);
@@ -251,8 +256,19 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
+static int copy_bytes(lm_writer *w, uint64_t off, uint64_t n, lm_err *err);
+
+/* Issues what is pending: a coalesced copy, or the buffered bytes (never
+ * both: each is flushed before the other starts). */
 static int flush_buf(lm_writer *w, lm_err *err)
 {
+    if (w->pend_len) {
+        uint64_t off = w->pend_off, n = w->pend_len;
+        w->pend_len = 0;
+        int rc = copy_bytes(w, off, n, err);
+        if (rc && !w->failed) fail(w, rc);
+        if (rc) return rc;
+    }
     if (!w->buf_len) return 0;
     int e = write_all(w->fd, w->buf, w->buf_len);
     w->buf_len = 0;
@@ -388,6 +404,7 @@ int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors,
     lm_writer *w = calloc(1, sizeof *w);
     if (!w || !(w->path = strdup(path))) { free(w); return lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); }
     w->fd = -1;
+    w->src_fd = -1;
     if (opts->n_inputs) {
         w->inputs = calloc(opts->n_inputs, sizeof *w->inputs);
         if (!w->inputs) { rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto bad; }
@@ -527,6 +544,10 @@ int lm_writer_write(lm_writer *w, const void *data, size_t nbytes, lm_err *err)
         return fail(w, LM_EUSAGE);
     }
     const unsigned char *p = data;
+    if (w->pend_len) {
+        int rc = flush_buf(w, err);
+        if (rc) return rc;
+    }
     if (w->buf_len + nbytes <= WR_BUF) {
         memcpy(w->buf + w->buf_len, p, nbytes);
         w->buf_len += nbytes;
@@ -540,6 +561,76 @@ int lm_writer_write(lm_writer *w, const void *data, size_t nbytes, lm_err *err)
             memcpy(w->buf, p, nbytes);
             w->buf_len = nbytes;
         }
+    }
+    w->written += nbytes;
+    advance(w);
+    return 0;
+}
+
+/* Copies n bytes at src offset off to the temp file: copy_file_range(2) lets
+ * the kernel move page-cache pages without a trip through user space (what
+ * cp(1) does); pread/write when the filesystems cannot. */
+static int copy_bytes(lm_writer *w, uint64_t off, uint64_t n, lm_err *err)
+{
+    int use_cfr = 1;
+    while (n) {
+        size_t chunk = n > (1u << 30) ? (1u << 30) : (size_t)n;
+        if (use_cfr) {
+            loff_t in = (loff_t)off;
+            ssize_t k = copy_file_range(w->src_fd, &in, w->fd, NULL, chunk, 0);
+            if (k > 0) { off += (uint64_t)k; n -= (uint64_t)k; continue; }
+            if (k == 0) return lm_err_set(err, LM_EIO, w->src_path, NULL, (int64_t)off, "file ended early (truncated while being copied?)");
+            if (errno == EINTR) continue;
+            if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP && errno != EBADF)
+                return io_fail(w, err, errno, "cannot copy");
+            use_cfr = 0;
+        }
+        size_t m = chunk < WR_BUF ? chunk : WR_BUF;
+        ssize_t k = pread(w->src_fd, w->buf, m, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            int e = k < 0 ? errno : 0;
+            lm_err_set(err, LM_EIO, w->src_path, NULL, (int64_t)off, "%s", e ? strerror(e) : "file ended early");
+            return fail(w, LM_EIO);
+        }
+        int e = write_all(w->fd, w->buf, (size_t)k);
+        if (e) return io_fail(w, err, e, "cannot write");
+        off += (uint64_t)k;
+        n -= (uint64_t)k;
+    }
+    return 0;
+}
+
+int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err)
+{
+    if (w->failed)
+        return lm_err_set(err, w->failed, w->path, NULL, LM_ERR_NO_OFFSET, "writer already failed");
+    if (nbytes > w->data_len - w->written) {
+        lm_err_set(err, LM_EUSAGE, w->path, NULL, (int64_t)(w->data_start + w->written),
+                   "%llu bytes copied past the %llu declared in the header (temporary file removed)",
+                   (unsigned long long)(nbytes - (w->data_len - w->written)), (unsigned long long)w->data_len);
+        return fail(w, LM_EUSAGE);
+    }
+    if (!w->src_path || strcmp(w->src_path, src_path) != 0) {
+        int rc = flush_buf(w, err);   /* a pending copy reads the old source */
+        if (rc) return rc;
+        if (w->src_fd >= 0) close(w->src_fd);
+        free(w->src_path);
+        w->src_path = strdup(src_path);
+        w->src_fd = open(src_path, O_RDONLY | O_CLOEXEC);
+        if (!w->src_path || w->src_fd < 0) {
+            int e = errno;
+            lm_err_set(err, LM_EIO, src_path, NULL, LM_ERR_NO_OFFSET, "cannot open: %s", strerror(e));
+            return fail(w, LM_EIO);
+        }
+    }
+    if (w->pend_len && offset == w->pend_off + w->pend_len) {
+        w->pend_len += nbytes;   /* contiguous with the pending copy: one system call later */
+    } else {
+        int rc = flush_buf(w, err);   /* keep the file offset in step with what was written */
+        if (rc) return rc;
+        w->pend_off = offset;
+        w->pend_len = nbytes;
     }
     w->written += nbytes;
     advance(w);
