@@ -11,6 +11,8 @@
 #include "libmerge/ops.h"
 #include "libmerge/source.h"
 #include "libmerge/unet.h"
+#include "libmerge/writer.h"
+#include <unistd.h>
 #include "test.h"
 
 static float *get(lm_source *src, const char *name, int64_t *numel)
@@ -127,6 +129,73 @@ static void test_unet_config_inferred(void)
              c->in_channels == 4 && c->out_channels == 4 && c->adm_in_channels == 0;
     lm_unet_free(u);
     CHECK(ok);
+}
+
+/* eps of the tiny golden UNet at t = 759 from src */
+static int eps_759(lm_source *src, float *eps, lm_err *err)
+{
+    lm_source *io = NULL;
+    lm_unet *u = NULL;
+    int rc = lm_source_open(&io, FIXTURE("golden/sd15/unet_io.safetensors"), NULL, err);
+    if (!rc) rc = lm_unet_load(&u, src, NULL, NULL, NULL, 0, err);
+    float *x = io ? get(io, "x", NULL) : NULL, *ctx = io ? get(io, "encoder_hidden_states", NULL) : NULL, t = 759;
+    if (!rc && (!x || !ctx)) rc = LM_EINPUT;
+    if (!rc) rc = lm_unet_forward(u, x, 1, 8, 8, &t, ctx, 77, NULL, eps, err);
+    free(x); free(ctx);
+    lm_unet_free(u);
+    lm_source_close(io);
+    return rc;
+}
+
+/* a combined diffusers-layout file ("unet." prefixes), stored as F16: the
+ * same structure is found, weights are converted at load */
+static void test_unet_prefixed_f16(void)
+{
+    lm_source *src = NULL, *out = NULL; lm_err err;
+    char path[] = "/tmp/lm_test_unet_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    CHECK_OK(lm_source_open(&src, FIXTURE("golden/sd15/unet_diffusers.safetensors"), NULL, &err), &err);
+    size_t n = lm_source_count(src);
+    lm_wtensor *wt = calloc(n, sizeof *wt);
+    char (*names)[256] = calloc(n, sizeof *names);
+    for (size_t i = 0; i < n; i++) {
+        const lm_entry *e = lm_source_entry(src, i);
+        snprintf(names[i], sizeof names[i], "unet.%s", e->name);
+        wt[i].name = names[i];
+        wt[i].dtype = LM_DT_F16;
+        wt[i].ndim = e->ndim;
+        memcpy(wt[i].shape, e->shape, sizeof e->shape);
+    }
+    lm_writer *w = NULL;
+    int rc = lm_writer_open(&w, path, wt, n, NULL, 0, NULL, &err);
+    for (size_t k = 0; k < n && !rc; k++) {
+        size_t i = lm_writer_tensor_index(w, k);
+        const lm_entry *e = lm_source_entry(src, i);
+        float *f = malloc((size_t)e->numel * sizeof *f);
+        uint16_t *h = malloc((size_t)e->numel * sizeof *h);
+        rc = lm_source_read_f32(src, i, f, &err);
+        if (!rc) { lm_convert_from_f32(h, LM_DT_F16, f, (size_t)e->numel); rc = lm_writer_write(w, h, (size_t)e->numel * 2, &err); }
+        free(f); free(h);
+    }
+    if (!rc) rc = lm_writer_commit(w, &err); else lm_writer_abort(w);
+    free(wt); free(names);
+    CHECK_OK(rc, &err);
+    float a[256], b[256];
+    rc = eps_759(src, a, &err);
+    lm_source_close(src);
+    CHECK_OK(rc, &err);
+    CHECK_OK(lm_source_open(&out, path, NULL, &err), &err);
+    rc = eps_759(out, b, &err);
+    lm_source_close(out);
+    unlink(path);
+    CHECK_OK(rc, &err);
+    /* F16 weights move eps a little (relative 2^-11 per weight), not a lot */
+    double m = 0, s = 0;
+    for (int i = 0; i < 256; i++) { m = fmax(m, fabs(a[i] - b[i])); s = fmax(s, fabs(a[i])); }
+    CHECK(m > 0);
+    CHECK_NEAR(m, 0, 2e-2 * s);
 }
 
 static void test_unet_errors(void)
@@ -262,6 +331,7 @@ int main(int argc, char **argv)
     RUN(test_unet_ldm_layout);
     RUN(test_unet_config_inferred);
     RUN(test_unet_sdxl_structure);
+    RUN(test_unet_prefixed_f16);
     RUN(test_unet_errors);
     TEST_EXIT();
 }
