@@ -516,6 +516,145 @@ static void test_lora_faults(void)
     lm_verify_report_free(&r);
 }
 
+
+/* ---- compare and sweep on a single-file tiny SD1.5 (UNet + VAE + tiny CLIP) ---------- */
+
+#define VOCAB FIXTURE("golden/clip/bpe_simple_vocab_16e6.txt.gz")
+
+/* The three tiny golden parts in one file, as fixtures/verify/make_tiny_sd15.py writes it. */
+static int write_tiny(const char *out)
+{
+    const char *parts[3] = { BASE, FIXTURE("golden/sd15/vae_ldm.safetensors"), FIXTURE("golden/clip/clip_tiny.safetensors") };
+    lm_source *s[3] = { 0 };
+    size_t n = 0;
+    int rc = 0;
+    for (int k = 0; k < 3 && !rc; k++) if (!(rc = lm_source_open(&s[k], parts[k], NULL, NULL))) n += lm_source_count(s[k]);
+    lm_wtensor *wt = calloc(n ? n : 1, sizeof *wt);
+    const lm_source **from = calloc(n ? n : 1, sizeof *from);
+    size_t *idx = calloc(n ? n : 1, sizeof *idx), q = 0;
+    for (int k = 0; k < 3 && !rc; k++)
+        for (size_t i = 0; i < lm_source_count(s[k]); i++, q++) {
+            const lm_entry *e = lm_source_entry(s[k], i);
+            wt[q].name = e->name; wt[q].dtype = e->dtype; wt[q].ndim = e->ndim;
+            memcpy(wt[q].shape, e->shape, sizeof wt[q].shape);
+            from[q] = s[k];
+            idx[q] = i;
+        }
+    lm_writer *w = NULL;
+    if (!rc) rc = lm_writer_open(&w, out, wt, n, NULL, 0, NULL, NULL);
+    for (size_t k = 0; !rc && k < n; k++) {
+        size_t t = lm_writer_tensor_index(w, k);
+        rc = lm_writer_write(w, lm_source_raw(from[t], idx[t]), lm_source_entry(from[t], idx[t])->nbytes, NULL);
+    }
+    if (!rc) rc = lm_writer_commit(w, NULL);
+    else lm_writer_abort(w);
+    for (int k = 0; k < 3; k++) lm_source_close(s[k]);
+    free(wt); free(from); free(idx);
+    return rc;
+}
+
+static int bake_tiny(const char *out, lm_dtype dt, const lm_weighted *l, size_t n)
+{
+    lm_bake_opts o = LM_BAKE_OPTS_INIT;
+    o.out_dtype = dt;
+    o.threads = 1;
+    return lm_bake(tmp("tiny.safetensors"), l, n, out, &o, NULL, NULL);
+}
+
+static lm_verify_render render_opts(void)
+{
+    lm_verify_render r;
+    memset(&r, 0, sizeof r);
+    r.opts = (lm_render_opts)LM_RENDER_OPTS_INIT;
+    r.opts.prompt = "a photo of a cat";
+    r.opts.vocab = VOCAB;
+    r.opts.seed = 3;
+    r.opts.steps = 4;
+    r.opts.width = r.opts.height = 64;
+    return r;
+}
+
+static int compare(const char *baked, const lm_weighted *l, size_t n, lm_compare_report *rep, lm_err *err)
+{
+    lm_lora *ls[4] = { 0 };
+    float lam[4];
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) { rc = lm_lora_open(&ls[i], l[i].path, NULL, err); lam[i] = (float)l[i].lambda; }
+    lm_verify_render r = render_opts();
+    if (!rc) rc = lm_verify_compare(baked, tmp("tiny.safetensors"), (const lm_lora *const *)ls, lam, n, &r, rep, err);
+    for (size_t i = 0; i < n; i++) lm_lora_close(ls[i]);
+    return rc;
+}
+
+static void test_compare_thresholds(void)
+{
+    double tol, p;
+    lm_compare_thresholds(LM_DT_F16, 0, 1.0, &tol, &p);
+    CHECK_NEAR(tol, 16 * ldexp(1, -11), 0);
+    CHECK_NEAR(p, 48.0, 0);                         /* 20·log10(256) = 48.16, capped at 48 */
+    lm_compare_thresholds(LM_DT_BF16, 0, 4.0, &tol, &p);
+    CHECK_NEAR(tol, 16 * ldexp(1, -8) * 4, 0);
+    CHECK_NEAR(p, 20 * log10(32.0), 1e-12);         /* 30.1 dB */
+    lm_compare_thresholds(LM_DT_F32, 8, 0.5, &tol, &p);
+    CHECK_NEAR(tol, 8 * ldexp(1, -24), 0);          /* scale below 1 counts as 1 */
+    uint8_t a[4] = { 0, 10, 20, 30 }, b[4] = { 0, 10, 20, 31 };
+    CHECK(isinf(lm_psnr_u8(a, a, 4)));
+    CHECK_NEAR(lm_psnr_u8(a, b, 4), 10 * log10(255.0 * 255.0 * 4), 1e-9);
+}
+
+static void test_compare_baked(void)
+{
+    CHECK_OK(write_tiny(tmp("tiny.safetensors")), NULL);
+    CHECK_OK(bake_tiny(tmp("tiny16.safetensors"), LM_DT_F16, k_ab, 2), NULL);
+    lm_compare_report rep;
+    lm_err err;
+    CHECK_OK(compare(tmp("tiny16.safetensors"), k_ab, 2, &rep, &err), &err);
+    printf("# fp16 bake vs runtime: latent %.3g (tol %.3g), PSNR %.2f (min %.2f)\n", rep.latent_max_abs, rep.latent_tol,
+           rep.psnr, rep.psnr_min);
+    CHECK(rep.ok);
+    CHECK(rep.dtype == LM_DT_F16);
+    CHECK(rep.width == 64 && rep.height == 64 && rep.rgb_baked && rep.rgb_runtime);
+    CHECK(rep.latent_max_abs > 0);                  /* fp16 rounding shows, */
+    CHECK(rep.latent_max_abs < rep.latent_tol / 4); /* well inside the threshold */
+    CHECK(rep.psnr > rep.psnr_min);
+    lm_compare_report_free(&rep);
+}
+
+static void test_compare_dropped_lora(void)
+{
+    /* B left out of the bake: the baked model no longer renders like base + A + B */
+    CHECK_OK(bake_tiny(tmp("tinya16.safetensors"), LM_DT_F16, k_ab, 1), NULL);
+    lm_compare_report rep;
+    lm_err err;
+    CHECK_OK(compare(tmp("tinya16.safetensors"), k_ab, 2, &rep, &err), &err);
+    printf("# B dropped: latent %.3g (tol %.3g), PSNR %.2f (min %.2f)\n", rep.latent_max_abs, rep.latent_tol, rep.psnr, rep.psnr_min);
+    CHECK(!rep.ok);
+    CHECK(rep.latent_max_abs > 2 * rep.latent_tol);
+    CHECK(rep.psnr < rep.psnr_min);
+    lm_compare_report_free(&rep);
+}
+
+static void test_sweep_grid(void)
+{
+    lm_lora *l = NULL;
+    lm_err err;
+    CHECK_OK(lm_lora_open(&l, LORA_A, NULL, &err), &err);
+    const lm_lora *ls[1] = { l };
+    float lam1 = 1.0f;
+    int steps[2] = { 1, 2 };
+    double lams[2] = { 0, 1 };
+    lm_verify_render r = render_opts();
+    uint8_t *rgb = NULL;
+    int w = 0, h = 0;
+    int rc = lm_verify_sweep(tmp("tiny.safetensors"), ls, &lam1, 1, steps, 2, lams, 2, &r, &rgb, &w, &h, &err);
+    lm_lora_close(l);
+    CHECK_OK(rc, &err);
+    CHECK(w > 2 * 64 && h > 2 * 64);                /* two by two cells plus labels and gaps */
+    /* the same cell layout from lm_png_grid without labels is smaller */
+    CHECK(rgb != NULL);
+    free(rgb);
+}
+
 static void test_refusals(void)
 {
     lm_verify_report r;
@@ -553,6 +692,10 @@ int main(void)
     RUN(test_lora_exact);
     RUN(test_lora_svd);
     RUN(test_lora_faults);
+    RUN(test_compare_thresholds);
+    RUN(test_compare_baked);
+    RUN(test_compare_dropped_lora);
+    RUN(test_sweep_grid);
     RUN(test_refusals);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);

@@ -1,11 +1,121 @@
-/* Placeholder: replaced by the issue that implements this subcommand. */
+/* lcm-verify sweep MODEL -l LORA … --steps 1,2,4,8 --lambda 0,0.5,1 -o grid.png: one image
+ * per (steps, λ) in a labelled grid (lm_verify_sweep, lm_png_grid), the layout of the
+ * LCM-LoRA paper's combination figure, for eyeballing a merge (lcm-verify(1)). */
+#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
-#include "libmerge/err.h"
+#include <stdlib.h>
+#include <string.h>
+#include <cJSON.h>
+
+#include "libmerge/cli.h"
+#include "libmerge/png.h"
+#include "libmerge/verify.h"
 #include "subcommands.h"
+#include "verify_print.h"
+
+#define PROG "lcm-verify sweep"
+#define MAX_LIST 16
+
+int lv_render_option(const char *prog, int c, const char *arg, lm_verify_render *r, int *st);
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: lcm-verify sweep MODEL [-l LORA[:λ] …] [--steps 1,2,4,8] [--lambda 0,0.5,1] -o GRID.png\n"
+            "                        [--prompt P] [--negative P] [--seed S] [--guidance G] [--size WxH]\n"
+            "                        [--vae FILE] [--text-encoder FILE] [--vocab FILE] [--json]\n"
+            "Renders one image per (steps, λ) pair, every LoRA at its own λ times the column's\n"
+            "λ, into a grid: rows are steps, columns λ. Defaults: steps 1,2,4,8, λ 0,0.5,1,\n"
+            "128x128 per image, seed 0. See lcm-verify(1).\n");
+}
+
+/* "a,b,c" into out (at most MAX_LIST finite numbers). */
+static int parse_list(const char *opt, const char *s, double *out, size_t *n)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", s);
+    *n = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (*n == MAX_LIST) return lm_cli_usage_error(PROG, "%s: at most %d values", opt, MAX_LIST);
+        int st = lvp_parse_double(PROG, opt, t, &out[*n]);
+        if (st) return st;
+        (*n)++;
+    }
+    return *n ? 0 : lm_cli_usage_error(PROG, "%s: empty list", opt);
+}
 
 int lv_sweep(int argc, char **argv)
 {
-    (void)argc;
-    fprintf(stderr, "lcm-verify: %s: not implemented yet\n", argv[0]);
-    return LM_EXIT_INTERNAL;
+    static const struct option longopts[] = {
+        { "lora", required_argument, NULL, 'l' }, { "lcm", required_argument, NULL, 'L' },
+        { "steps", required_argument, NULL, 'k' }, { "lambda", required_argument, NULL, 'a' },
+        { "prompt", required_argument, NULL, 'p' }, { "negative", required_argument, NULL, 'n' },
+        { "seed", required_argument, NULL, 'S' }, { "guidance", required_argument, NULL, 'g' },
+        { "size", required_argument, NULL, 'z' }, { "vae", required_argument, NULL, 'V' },
+        { "text-encoder", required_argument, NULL, 'T' }, { "vocab", required_argument, NULL, 'c' },
+        { "output", required_argument, NULL, 'o' }, { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+    lm_verify_render r;
+    memset(&r, 0, sizeof r);
+    r.opts = (lm_render_opts)LM_RENDER_OPTS_INIT;
+    r.opts.width = r.opts.height = 128;
+    r.opts.prompt = "a photograph of an astronaut riding a horse";
+    double sd[MAX_LIST] = { 1, 2, 4, 8 }, lam[MAX_LIST] = { 0, 0.5, 1 };
+    size_t nsd = 4, nlam = 3, nl = 0;
+    lm_weighted *loras = NULL;
+    const char *png = NULL;
+    int json = 0, c, st = 0;
+    while (!st && (c = getopt_long(argc, argv, "l:o:jh", longopts, NULL)) != -1) {
+        if (lv_render_option(PROG, c, optarg, &r, &st)) continue;
+        switch (c) {
+        case 'l': st = lvp_add_weighted(PROG, optarg, "lora", &loras, &nl); break;
+        case 'L': st = lvp_add_weighted(PROG, optarg, "lcm", &loras, &nl); break;
+        case 'k': st = parse_list("--steps", optarg, sd, &nsd); break;
+        case 'a': st = parse_list("--lambda", optarg, lam, &nlam); break;
+        case 'o': png = optarg; break;
+        case 'j': json = 1; break;
+        case 'h': usage(stdout); lvp_free_weighted(loras, nl); return 0;
+        default: st = LM_EXIT_USAGE;
+        }
+    }
+    int steps[MAX_LIST];
+    for (size_t i = 0; !st && i < nsd; i++) {
+        if (sd[i] < 1 || sd[i] > 50 || sd[i] != floor(sd[i])) st = lm_cli_usage_error(PROG, "--steps: %g is not an integer 1..50", sd[i]);
+        steps[i] = (int)sd[i];
+    }
+    if (!st && optind != argc - 1) st = lm_cli_usage_error(PROG, "expected one MODEL file (see --help)");
+    if (!st && !png) st = lm_cli_usage_error(PROG, "-o GRID.png is required");
+    if (st) { if (st == LM_EXIT_USAGE) usage(stderr); lvp_free_weighted(loras, nl); return st; }
+    lm_lora **ls = NULL;
+    float *lams = NULL;
+    if ((st = lvp_open_loras(PROG, loras, nl, &ls, &lams))) { lvp_free_weighted(loras, nl); return st; }
+    uint8_t *grid = NULL;
+    int w = 0, h = 0;
+    lm_err err;
+    lm_err_clear(&err);
+    int rc = lm_verify_sweep(argv[optind], (const lm_lora *const *)ls, lams, nl, steps, nsd, lam, nlam, &r, &grid, &w, &h, &err);
+    char text[256];
+    snprintf(text, sizeof text, "rows: steps; columns: lambda; prompt: %s; seed %llu", r.opts.prompt ? r.opts.prompt : "",
+             (unsigned long long)r.opts.seed);
+    lm_png_text t = { "lcm-verify sweep", text };
+    if (!rc) rc = lm_png_write(png, grid, w, h, &t, 1, &err);
+    if (rc) st = lm_cli_fail(PROG, &err);
+    else if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddBoolToObject(o, "ok", 1);
+        cJSON_AddStringToObject(o, "model", argv[optind]);
+        cJSON_AddStringToObject(o, "image", png);
+        cJSON_AddNumberToObject(o, "width", w);
+        cJSON_AddNumberToObject(o, "height", h);
+        cJSON_AddItemToObject(o, "steps", cJSON_CreateIntArray(steps, (int)nsd));
+        cJSON_AddItemToObject(o, "lambda", cJSON_CreateDoubleArray(lam, (int)nlam));
+        lvp_json_print(o);
+    } else {
+        printf("wrote %s: %zu x %zu images (rows: steps, columns: λ), %dx%d\n", png, nsd, nlam, w, h);
+    }
+    free(grid);
+    lvp_close_loras(ls, lams, nl);
+    lvp_free_weighted(loras, nl);
+    return st;
 }

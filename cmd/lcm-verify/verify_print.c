@@ -113,3 +113,42 @@ int lvp_parse_double(const char *prog, const char *opt, const char *s, double *o
     if (end == s || *end || !isfinite(*out)) return lm_cli_usage_error(prog, "%s: '%s' is not a number", opt, s);
     return 0;
 }
+
+int lvp_parse_size(const char *prog, const char *s, int *w, int *h)
+{
+    char *e1, *e2;
+    long a = strtol(s, &e1, 10);
+    if (e1 == s || (*e1 != 'x' && *e1 != 'X')) return lm_cli_usage_error(prog, "--size: '%s' is not WxH", s);
+    long b = strtol(e1 + 1, &e2, 10);
+    if (e2 == e1 + 1 || *e2 || a < 8 || b < 8 || a > 4096 || b > 4096 || a % 8 || b % 8)
+        return lm_cli_usage_error(prog, "--size: '%s' is not WxH with multiples of 8 up to 4096", s);
+    *w = (int)a;
+    *h = (int)b;
+    return 0;
+}
+
+int lvp_open_loras(const char *prog, const lm_weighted *v, size_t n, lm_lora ***out, float **lambdas)
+{
+    *out = calloc(n ? n : 1, sizeof **out);
+    *lambdas = calloc(n ? n : 1, sizeof **lambdas);
+    if (!*out || !*lambdas) { free(*out); free(*lambdas); return LM_EXIT_INTERNAL; }
+    for (size_t i = 0; i < n; i++) {
+        lm_err err;
+        (*lambdas)[i] = (float)v[i].lambda;
+        if (lm_lora_open(&(*out)[i], v[i].path, NULL, &err)) {
+            lm_err_file(&err, v[i].path);
+            lvp_close_loras(*out, *lambdas, n);
+            *out = NULL;
+            *lambdas = NULL;
+            return lm_cli_fail(prog, &err);
+        }
+    }
+    return 0;
+}
+
+void lvp_close_loras(lm_lora **l, float *lambdas, size_t n)
+{
+    for (size_t i = 0; l && i < n; i++) lm_lora_close(l[i]);
+    free(l);
+    free(lambdas);
+}

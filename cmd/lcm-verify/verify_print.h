@@ -22,4 +22,12 @@ void lvp_free_weighted(lm_weighted *v, size_t n);
 /* A double finite number or a usage error. */
 int lvp_parse_double(const char *prog, const char *opt, const char *s, double *out);
 
+
+
+/* "WxH" (multiples of 8, 8..4096) or a usage error. */
+int lvp_parse_size(const char *prog, const char *s, int *w, int *h);
+/* Opens every LoRA of v (n); closes on error. 0 or the exit status (printed). */
+#include "libmerge/lora.h"
+int lvp_open_loras(const char *prog, const lm_weighted *v, size_t n, lm_lora ***out, float **lambdas);
+void lvp_close_loras(lm_lora **l, float *lambdas, size_t n);
 #endif
