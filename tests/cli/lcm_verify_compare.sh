@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# lcm-verify lora, compare and sweep (lcm-verify(1)) on the tiny golden models: a merged
+# LoRA (exact and SVD) against its sources, a baked single-file tiny SD1.5 rendered against
+# base + LoRA at load (pass, and a LoRA dropped from the bake: fail), a steps × λ grid.
+# The single-file checkpoint is assembled at test time by fixtures/verify/make_tiny_sd15.py
+# (standard-library python3). Prints one PASS/FAIL per check.
+set -u
+BIN=${BIN:-bin}
+LV="$BIN/lcm-verify"
+A=fixtures/bake/lora_a_kohya.safetensors
+B=fixtures/bake/lora_b_diffusers.safetensors
+VOCAB=fixtures/golden/clip/bpe_simple_vocab_16e6.txt.gz
+T=$(mktemp -d "${TMPDIR:-/tmp}/lm_vc.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+PY=$(command -v python3 || echo /usr/bin/python3)
+
+ok() { echo "PASS lcm_verify_compare_$1"; }
+bad() { echo "FAIL lcm_verify_compare_$1: $2"; }
+check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name" "$*"; fi; }
+has() { grep -qF -- "$2" <<<"$1"; }
+
+# --- lora: exact and SVD merges against their sources ---
+"$BIN/lora-merge" $A:0.8 $B:-0.5 --exact -o $T/mex.safetensors >/dev/null 2>&1 || bad setup "lora-merge --exact failed"
+"$BIN/lora-merge" $A:0.8 $B:-0.5 --rank 2 -o $T/msvd.safetensors >/dev/null 2>&1 || bad setup "lora-merge --rank failed"
+out=$("$LV" lora $T/mex.safetensors --search fixtures/bake); rc=$?
+check lora_exact_exit [ "$rc" = 0 ]
+check lora_exact_modules has "$out" "modules: 7 checked, 0 failed"
+out=$("$LV" lora $T/msvd.safetensors --from $A:0.8 $B:-0.5 --json); rc=$?
+check lora_svd_exit [ "$rc" = 0 ]
+check lora_svd_mode has "$out" '"operation":	"lora-merge-svd"'
+"$LV" lora $T/msvd.safetensors --from $A:0.8 $B:-0.5 --exact >/dev/null; rc=$?
+check lora_svd_as_exact_exit [ "$rc" = 1 ]
+out=$("$LV" lora $T/mex.safetensors --from $A:0.8 $B:0.5); rc=$?
+check lora_wrong_lambda_exit [ "$rc" = 1 ]
+check lora_wrong_lambda_recipe has "$out" "λ 0.5 on the command line, -0.5 in the recipe"
+"$LV" lora $T/mex.safetensors >/dev/null 2>&1; rc=$?
+check lora_sources_not_found_exit [ "$rc" = 3 ]
+
+# --- compare: a tiny single-file SD1.5 baked in fp16 ---
+"$PY" fixtures/verify/make_tiny_sd15.py $T/tiny.safetensors || bad setup "make_tiny_sd15.py failed"
+"$BIN/lcm-bake" $T/tiny.safetensors -l $A:0.8 -l $B:-0.5 --dtype fp16 -o $T/tiny16.safetensors >/dev/null 2>&1 || bad setup "bake failed"
+"$BIN/lcm-bake" $T/tiny.safetensors -l $A:0.8 --dtype fp16 -o $T/tinya16.safetensors >/dev/null 2>&1 || bad setup "bake failed"
+R="--vocab $VOCAB --size 64x64 --seed 3 --steps 4"
+out=$("$LV" compare $T/tiny16.safetensors --base $T/tiny.safetensors -l $A:0.8 -l $B:-0.5 $R --prompt "a photo of a cat" -o $T/side.png); rc=$?
+check compare_exit [ "$rc" = 0 ]
+check compare_verdict has "$out" "VERIFIED: the baked model renders like base + LoRA"
+check compare_png [ -s $T/side.png ]
+check compare_png_magic [ "$(head -c 4 $T/side.png | tail -c 3)" = "PNG" ]
+out=$("$LV" compare $T/tinya16.safetensors --base $T/tiny.safetensors -l $A:0.8 -l $B:-0.5 $R --prompt "a photo of a cat" --json); rc=$?
+check compare_dropped_exit [ "$rc" = 1 ]
+check compare_dropped_json has "$out" '"ok":	false'
+check compare_dropped_dtype has "$out" '"dtype":	"F16"'
+"$LV" compare $T/tiny16.safetensors --base $T/tiny.safetensors $R >/dev/null 2>&1; rc=$?
+check compare_usage_no_lora [ "$rc" = 2 ]
+"$LV" compare $T/tiny16.safetensors --base $T/tiny.safetensors -l $A --size 60x64 >/dev/null 2>&1; rc=$?
+check compare_usage_size [ "$rc" = 2 ]
+
+# --- sweep: 2 steps × 2 λ ---
+out=$("$LV" sweep $T/tiny.safetensors -l $A $R --steps 1,2 --lambda 0,1 -o $T/grid.png); rc=$?
+check sweep_exit [ "$rc" = 0 ]
+check sweep_says has "$out" "2 x 2 images"
+check sweep_png [ -s $T/grid.png ]
+"$LV" sweep $T/tiny.safetensors -l $A --steps 0,2 -o $T/g2.png >/dev/null 2>&1; rc=$?
+check sweep_usage_steps [ "$rc" = 2 ]
