@@ -85,7 +85,7 @@ check-asan:
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" test
 
 check-valgrind: all tests
-	@BUILD=$(BUILD) BIN=$(BINDIR) SKIP_CLI=1 TEST_WRAP="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect" tests/run.sh
+	@BUILD=$(BUILD) BIN=$(BINDIR) SKIP_CLI=1 TEST_TIME_SCALE=50 TEST_WRAP="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect" tests/run.sh
 
 # make fuzz: each libFuzzer harness tests/fuzz/fuzz_*.c for FUZZ_SECONDS on a corpus
 # in build-fuzz/corpus/ seeded from fixtures/ (tests/fuzz/run.sh). The library is

@@ -3,7 +3,7 @@
  *   safetensors-*  torch-*  pickle-*  lora-*  tokenizer-*
  * Each must end in a clean result: 0, or a library error code with a reason
  * (never LM_EINTERNAL), without crashing, hanging (REGRESS_TIMEOUT seconds,
- * default 20) or leaking (run under ASan or valgrind to see leaks).
+ * default 20, times TEST_TIME_SCALE) or leaking (run under ASan or valgrind to see leaks).
  * One "PASS regress/<file>" line per file. */
 #include "test.h"
 #include "fuzz/targets.h"
@@ -84,6 +84,7 @@ int main(void)
 {
     const char *dir = "tests/regress";
     int timeout = getenv("REGRESS_TIMEOUT") ? atoi(getenv("REGRESS_TIMEOUT")) : 20;
+    if (getenv("TEST_TIME_SCALE") && atoi(getenv("TEST_TIME_SCALE")) > 1) timeout *= atoi(getenv("TEST_TIME_SCALE"));
     signal(SIGALRM, on_alarm);
     DIR *d = opendir(dir);
     if (!d) { printf("FAIL regress: cannot open %s (run from the repository root)\n", dir); return 1; }
