@@ -291,6 +291,7 @@ static const bad_case k_bad[] = {
     { "header a string", "\"x\"", -1, 0, LM_EINPUT, NULL, "not a JSON object" },
     { "text after json", "{} x", -1, 0, LM_EINPUT, NULL, "text after the JSON value" },
     { "two objects", "{}{}", -1, 0, LM_EINPUT, NULL, "text after the JSON value" },
+    { "raw control char in key", "{\"a\tb\":" T("U8", "[1]", 0, 1) "}", -1, 1, LM_EINPUT, NULL, "raw control character" },
     { "escaped nul", "{\"a\\u0000b\":" T("U8", "[1]", 0, 1) "}", -1, 1, LM_EINPUT, NULL, "\\u0000" },
     { "tensor not object", "{\"a\":[1]}", -1, 0, LM_EINPUT, "a", "not a JSON object" },
     { "missing dtype", "{\"a\":{\"shape\":[1],\"data_offsets\":[0,1]}}", -1, 1, LM_EINPUT, "a", "missing \"dtype\"" },
@@ -437,6 +438,24 @@ static void test_large_sparse(void)
     unlink(path);
 }
 
+/* A file truncated after opening: reads fail with LM_EIO, no SIGBUS. */
+static void test_truncated_under_us(void)
+{
+    char path[512];
+    tmp_path(path, sizeof path, "shrink.safetensors");
+    write_st(path, "{\"a\":" T("U8", "[4096]", 0, 4096) ",\"b\":" T("U8", "[4096]", 4096, 8192) "}", -1, 8192);
+    lm_source *s = NULL;
+    lm_err err;
+    CHECK_OK(lm_source_open(&s, path, NULL, &err), &err);
+    CHECK(truncate(path, 100) == 0);
+    unsigned char buf[4096];
+    CHECK_EQ_INT(lm_source_read(s, 1, buf, &err), LM_EIO);
+    CHECK(strstr(err.msg, "shorter than when it was opened") != NULL);
+    CHECK_EQ_STR(err.key, "b");
+    lm_source_close(s);
+    unlink(path);
+}
+
 /* Random byte flips and truncations of a valid file never crash the reader
  * and either open or fail with a filled-in error. */
 static void test_mutations_never_crash(void)
@@ -501,6 +520,7 @@ int main(void)
     RUN(test_malformed_corpus);
     RUN(test_malformed_raw);
     RUN(test_large_sparse);
+    RUN(test_truncated_under_us);
     RUN(test_mutations_never_crash);
     rmdir(g_tmpdir);
     TEST_EXIT();

@@ -9,7 +9,9 @@
  *  R1  the file holds at least the 8 length bytes             ("HeaderTooSmall")
  *  R2  N <= 100,000,000 (MAX_HEADER_SIZE in the reference)    ("HeaderTooLarge")
  *  R3  8 + N <= file size                                     ("InvalidHeaderLength")
- *  R4  the header is valid UTF-8 with no NUL byte             ("InvalidHeader")
+ *  R4  the header is valid UTF-8 with no NUL byte             ("InvalidHeader"),
+ *      strings hold no raw control character (JSON forbids them; cJSON
+ *      would accept them) and no \u0000 escape
  *  R5  the header is JSON (cJSON); only JSON whitespace may follow the value,
  *      as the reference writer pads with spaces               ("InvalidHeaderDeserialization")
  *  R6  the JSON value is an object; keys are unique at every level (cJSON keeps
@@ -56,6 +58,7 @@
 typedef struct st_backend {
     unsigned char *map;
     size_t map_len;
+    int fd;   /* kept for st_read: pread reports a truncated file as an error, a map would SIGBUS */
 } st_backend;
 
 typedef struct st_info {
@@ -69,10 +72,20 @@ typedef struct st_info {
 
 static int st_read(const lm_source *s, size_t i, void *dst, lm_err *err)
 {
-    (void)err;
     const st_backend *b = s->backend;
     const lm_entry *e = &s->entries[i];
-    if (e->nbytes) memcpy(dst, b->map + e->offset, e->nbytes);
+    unsigned char *d = dst;
+    uint64_t got = 0;
+    while (got < e->nbytes) {
+        size_t want = e->nbytes - got > (1u << 30) ? (1u << 30) : (size_t)(e->nbytes - got);
+        ssize_t k = pread(b->fd, d + got, want, (off_t)(e->offset + got));
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0)
+            return lm_err_set(err, LM_EIO, s->path, e->name, (int64_t)(e->offset + got), "cannot read: %s", strerror(errno));
+        if (k == 0)
+            return lm_err_set(err, LM_EIO, s->path, e->name, (int64_t)(e->offset + got), "file is shorter than when it was opened (truncated?)");
+        got += (uint64_t)k;
+    }
     return 0;
 }
 
@@ -87,25 +100,31 @@ static void st_close(lm_source *s)
     st_backend *b = s->backend;
     if (!b) return;
     if (b->map) munmap(b->map, b->map_len);
+    if (b->fd >= 0) close(b->fd);
     free(b);
     s->backend = NULL;
 }
 
 static const lm_source_ops st_ops = { st_read, st_raw, st_close };
 
-/* A JSON string escape "\u0000" would end a cJSON string early (cJSON strings
- * are NUL-terminated), so two keys could compare equal that are not: refuse
- * it. Walks the text tracking strings and escapes; returns the offset or -1. */
-static int64_t find_escaped_nul(const char *p, size_t n)
+/* Checks what cJSON lets through inside strings but JSON (RFC 8259) and the
+ * reference's serde_json refuse: raw control characters (< 0x20). Also
+ * refuses the escape "\u0000", which would end a cJSON string early (cJSON
+ * strings are NUL-terminated), so that two different keys could compare
+ * equal. Walks the text tracking strings and escapes; returns the offset of
+ * the offending byte and sets *why, or returns -1. */
+static int64_t check_strings(const char *p, size_t n, const char **why)
 {
     int in_str = 0;
     for (size_t i = 0; i < n; i++) {
         if (!in_str) { if (p[i] == '"') in_str = 1; continue; }
         if (p[i] == '"') { in_str = 0; continue; }
+        if ((unsigned char)p[i] < 0x20) { *why = "header string contains a raw control character"; return (int64_t)i; }
         if (p[i] != '\\') continue;
-        if (i + 1 < n && p[i + 1] == 'u' && i + 5 < n &&
-            p[i + 2] == '0' && p[i + 3] == '0' && p[i + 4] == '0' && p[i + 5] == '0')
+        if (i + 5 < n && p[i + 1] == 'u' && p[i + 2] == '0' && p[i + 3] == '0' && p[i + 4] == '0' && p[i + 5] == '0') {
+            *why = "header string contains \\u0000";
             return (int64_t)i;
+        }
         i++; /* skip the escaped character */
     }
     return -1;
@@ -291,8 +310,9 @@ static int parse_header(lm_source *s, const char *hdr, size_t n, uint64_t data_l
     if (bad != n) return lm_err_set(err, LM_EINPUT, path, NULL, (int64_t)(8 + bad), "header is not valid UTF-8");
     const char *nul = memchr(hdr, 0, n);
     if (nul) return lm_err_set(err, LM_EINPUT, path, NULL, (int64_t)(8 + (nul - hdr)), "header contains a NUL byte");
-    int64_t esc = find_escaped_nul(hdr, n);
-    if (esc >= 0) return lm_err_set(err, LM_EINPUT, path, NULL, 8 + esc, "header string contains \\u0000");
+    const char *why = NULL;
+    int64_t bad_at = check_strings(hdr, n, &why);
+    if (bad_at >= 0) return lm_err_set(err, LM_EINPUT, path, NULL, 8 + bad_at, "%s", why);
 
     size_t lead = 0;
     while (lead < n && json_ws(hdr[lead])) lead++;
@@ -371,10 +391,11 @@ int lm_safetensors_open(lm_source **out, const char *path, lm_err *err)
         return lm_err_set(err, LM_EUNSUPPORTED, path, NULL, LM_ERR_NO_OFFSET, "file too large to map");
     }
     void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int map_errno = errno;
-    close(fd);
-    if (map == MAP_FAILED)
-        return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "cannot mmap: %s", strerror(map_errno));
+    if (map == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "cannot mmap: %s", strerror(e));
+    }
 
     const unsigned char *b = map;
     uint64_t n = 0;
@@ -399,7 +420,9 @@ int lm_safetensors_open(lm_source **out, const char *path, lm_err *err)
     if (!be) { rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto fail; }
     be->map = map;
     be->map_len = (size_t)size;
-    map = NULL;  /* owned by the source from here on */
+    be->fd = fd;
+    map = NULL;  /* map and fd owned by the source from here on */
+    fd = -1;
     s->backend = be;
     s->ops = &st_ops;
     s->file_size = size;
@@ -416,6 +439,7 @@ int lm_safetensors_open(lm_source **out, const char *path, lm_err *err)
 fail:
     free(hdr);
     if (map) munmap(map, (size_t)size);
+    if (fd >= 0) close(fd);
     lm_source_close(s);
     lm_err_file(err, path);
     return rc;
