@@ -241,6 +241,7 @@ static int load_all(ld_ctx *c)
     lm_unet_config *g = &u->cfg;
     char p[256];
     int rc = infer(c);
+    if (rc) return rc;
     int C0 = g->channels[0], L = g->levels, T = g->time_embed_dim;
     if (!rc) rc = ld(c, &u->time1, "time_embedding.linear_1", 1, 2, T, g->time_proj_dim, 0, 0);
     if (!rc) rc = ld(c, &u->time2, "time_embedding.linear_2", 1, 2, T, T, 0, 0);
