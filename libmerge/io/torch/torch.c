@@ -155,10 +155,14 @@ static int add_tensor(lm_source *s, tt_backend *be, const char *name, const pk_v
     return 0;
 }
 
-static int walk(lm_source *s, tt_backend *be, const pk_value *v, name_buf *nb, int depth, lm_err *err)
+static int walk(lm_source *s, tt_backend *be, const pk_value *v, name_buf *nb, int depth, size_t *visits, lm_err *err)
 {
+    /* shared sub-objects are walked once per path: bound the total, or
+     * lists of lists sharing their children would take 2^depth steps */
+    if (++*visits > PK_MAX_VALUES)
+        return lm_err_set(err, LM_EINPUT, s->path, NULL, LM_ERR_NO_OFFSET, "object graph visits more than %zu values (shared objects)", PK_MAX_VALUES);
     if (depth > PK_MAX_DEPTH)
-        return lm_err_set(err, LM_EINPUT, s->path, nb->p, LM_ERR_NO_OFFSET, "object nested deeper than %d levels (or a cycle)", PK_MAX_DEPTH);
+        return lm_err_set(err, LM_EINPUT, s->path, NULL, LM_ERR_NO_OFFSET, "object nested deeper than %d levels (or a cycle)", PK_MAX_DEPTH);
     if (v->kind == PK_TENSOR) {
         if (!nb->len) return lm_err_set(err, LM_EINPUT, s->path, NULL, LM_ERR_NO_OFFSET, "a bare tensor, not a state dict");
         return add_tensor(s, be, nb->p, v, err);
@@ -181,7 +185,7 @@ static int walk(lm_source *s, tt_backend *be, const pk_value *v, name_buf *nb, i
         int unwrap = depth == 0 && is_dict && !strcmp(key, "state_dict") && child->kind == PK_DICT;
         if (!unwrap && name_push(nb, key, &saved))
             return lm_err_set(err, LM_ENOMEM, s->path, NULL, LM_ERR_NO_OFFSET, "tensor name too long or out of memory");
-        int rc = walk(s, be, child, nb, depth + 1, err);
+        int rc = walk(s, be, child, nb, depth + 1, visits, err);
         nb->len = saved;
         if (nb->p) nb->p[saved] = '\0';
         if (rc) return rc;
@@ -194,7 +198,8 @@ int tt_flatten(lm_source *s, tt_backend *be, const pk_value *root, lm_err *err)
     name_buf nb = { 0 };
     if (root->kind != PK_DICT && root->kind != PK_LIST && root->kind != PK_TUPLE && root->kind != PK_TENSOR)
         return lm_err_set(err, LM_EINPUT, s->path, NULL, LM_ERR_NO_OFFSET, "the pickled object is not a dict of tensors");
-    int rc = walk(s, be, root, &nb, 0, err);
+    size_t visits = 0;
+    int rc = walk(s, be, root, &nb, 0, &visits, err);
     free(nb.p);
     return rc;
 }
