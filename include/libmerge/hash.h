@@ -49,7 +49,7 @@ typedef struct lm_file_hashes {
 } lm_file_hashes;
 
 /* Hashes the file at path (read sequentially in 8 MiB blocks; memory does
- * not grow with file size). `which` is a set of LM_HASH_* bits; ADDNET is
+ * not grow with file size; SHA256 and ADDNET together run on two threads). `which` is a set of LM_HASH_* bits; ADDNET is
  * skipped (its bit left clear in out->have) when the file is not safetensors
  * or its header length runs past the end. Errors: LM_EIO (cannot open/read),
  * LM_ENOMEM, LM_EINTERNAL (libcrypto failure). */
