@@ -356,6 +356,14 @@ static int write_copy(bake *b, lm_writer *w, size_t t, lm_err *err)
     const lm_source *src = b->src;
     const lm_entry *e = lm_source_entry(src, t);
     const void *raw = lm_source_raw(src, t);
+    if (raw && lm_source_format(src) == LM_FMT_SAFETENSORS) {
+        /* copied by the kernel (copy_file_range), as cp does; hashed from the mapping */
+        if (b->md) {
+            EVP_DigestUpdate(b->md, raw, e->nbytes);
+            release_pages(raw, e->nbytes);
+        }
+        return lm_writer_copy_from(w, lm_source_path(src), e->offset, e->nbytes, err);
+    }
     if (raw) {
         int rc = emit(b, w, raw, e->nbytes, err);
         release_pages(raw, e->nbytes);
