@@ -95,7 +95,7 @@ int tt_legacy_load(lm_source *s, tt_backend *be, const lm_open_opts *opts, lm_er
         tt_sort_storages(be);
         rc = read_storages(s, be, pos, v[4], little, err);
     }
-    if (!rc) rc = tt_flatten(s, be, v[3], err);
+    if (!rc) rc = tt_flatten(s, be, v[3], pk_value_count(c[3]), err);
     for (int k = 0; k < 5; k++) pk_free(c[k]);
     return rc;
 }

@@ -833,3 +833,4 @@ pk_value *pk_dict_get(const pk_value *d, const char *key)
 
 size_t pk_persid_count(const pk_ctx *c) { return c ? c->n_persids : 0; }
 pk_value *pk_persid(const pk_ctx *c, size_t i) { return i < c->n_persids ? c->persids[i] : NULL; }
+size_t pk_value_count(const pk_ctx *c) { return c ? c->n_all : 0; }

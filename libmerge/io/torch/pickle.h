@@ -74,6 +74,9 @@ int pk_load(pk_ctx **ctx, const unsigned char *buf, size_t len, const char *path
             int64_t base_offset, int skip_unknown, pk_value **root, size_t *used, lm_err *err);
 void pk_free(pk_ctx *ctx);   /* always call it, also after an error */
 
+/* Number of values the pickle created (bounds walks over its object graph). */
+size_t pk_value_count(const pk_ctx *ctx);
+
 /* The persistent ids (PK_PERSID values) in stream order. */
 size_t pk_persid_count(const pk_ctx *ctx);
 pk_value *pk_persid(const pk_ctx *ctx, size_t i);

@@ -159,8 +159,9 @@ static int walk(lm_source *s, tt_backend *be, const pk_value *v, name_buf *nb, i
 {
     /* shared sub-objects are walked once per path: bound the total, or
      * lists of lists sharing their children would take 2^depth steps */
-    if (++*visits > PK_MAX_VALUES)
-        return lm_err_set(err, LM_EINPUT, s->path, NULL, LM_ERR_NO_OFFSET, "object graph visits more than %zu values (shared objects)", PK_MAX_VALUES);
+    if (!*visits)
+        return lm_err_set(err, LM_EINPUT, s->path, NULL, LM_ERR_NO_OFFSET, "object graph reaches shared objects too many times");
+    --*visits;
     if (depth > PK_MAX_DEPTH)
         return lm_err_set(err, LM_EINPUT, s->path, NULL, LM_ERR_NO_OFFSET, "object nested deeper than %d levels (or a cycle)", PK_MAX_DEPTH);
     if (v->kind == PK_TENSOR) {
@@ -193,12 +194,12 @@ static int walk(lm_source *s, tt_backend *be, const pk_value *v, name_buf *nb, i
     return 0;
 }
 
-int tt_flatten(lm_source *s, tt_backend *be, const pk_value *root, lm_err *err)
+int tt_flatten(lm_source *s, tt_backend *be, const pk_value *root, size_t n_values, lm_err *err)
 {
     name_buf nb = { 0 };
     if (root->kind != PK_DICT && root->kind != PK_LIST && root->kind != PK_TUPLE && root->kind != PK_TENSOR)
         return lm_err_set(err, LM_EINPUT, s->path, NULL, LM_ERR_NO_OFFSET, "the pickled object is not a dict of tensors");
-    size_t visits = 0;
+    size_t visits = 4 * n_values + 1024;
     int rc = walk(s, be, root, &nb, 0, &visits, err);
     free(nb.p);
     return rc;
@@ -481,7 +482,7 @@ static int zip_load(lm_source *s, tt_backend *be, const lm_open_opts *opts, lm_e
     }
     if (!rc) {
         tt_sort_storages(be);
-        rc = tt_flatten(s, be, root, err);
+        rc = tt_flatten(s, be, root, pk_value_count(ctx), err);
     }
     pk_free(ctx);
     free(pk);

@@ -51,8 +51,10 @@ int tt_add_storage(lm_source *s, tt_backend *be, const pk_value *persid, lm_err 
 void tt_sort_storages(tt_backend *be);
 tt_storage *tt_find_storage(const tt_backend *be, const char *key);
 
-/* Walks the unpickled object and adds one entry per tensor leaf. */
-int tt_flatten(lm_source *s, tt_backend *be, const pk_value *root, lm_err *err);
+/* Walks the unpickled object and adds one entry per tensor leaf. n_values
+ * (pk_value_count) bounds the walk: a value reached by many paths (shared
+ * sub-objects) counts each time, up to 4 × n_values + 1024 in all. */
+int tt_flatten(lm_source *s, tt_backend *be, const pk_value *root, size_t n_values, lm_err *err);
 
 /* The legacy reader (legacy.c): fills be from the mapped file. */
 int tt_legacy_load(lm_source *s, tt_backend *be, const lm_open_opts *opts, lm_err *err);
