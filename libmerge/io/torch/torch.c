@@ -478,7 +478,18 @@ static int zip_load(lm_source *s, tt_backend *be, const lm_open_opts *opts, lm_e
             break;
         }
         st->zindex = zi;
-        if (zs.comp_method == ZIP_CM_STORE) st->data = be->map + offs[zi];
+        if (zs.comp_method == ZIP_CM_STORE) {
+            /* the raw pointer is only as good as the sizes: a stored record whose
+             * size exceeds its compressed size would be read past its data */
+            if (!(zs.valid & ZIP_STAT_COMP_SIZE) || zs.comp_size != zs.size ||
+                offs[zi] > be->map_len || be->map_len - offs[zi] < zs.size) {
+                rc = lm_err_set(err, LM_EINPUT, s->path, name, LM_ERR_NO_OFFSET,
+                                "stored zip record of %llu bytes has %llu bytes of data",
+                                (unsigned long long)zs.size, (unsigned long long)zs.comp_size);
+                break;
+            }
+            st->data = be->map + offs[zi];
+        }
     }
     if (!rc) {
         tt_sort_storages(be);
