@@ -1,6 +1,6 @@
 /* Replays every input in tests/regress/ through the parser its name selects
  * (the same calls the fuzz harnesses make, tests/fuzz/targets.h):
- *   safetensors-*  torch-*  pickle-*  lora-*  tokenizer-*
+ *   safetensors-*  torch-*  pickle-*  torchzip-*  lora-*  tokenizer-*
  * Each must end in a clean result: 0, or a library error code with a reason
  * (never LM_EINTERNAL), without crashing, hanging (REGRESS_TIMEOUT seconds,
  * default 20, times TEST_TIME_SCALE) or leaking (run under ASan or valgrind to see leaks).
@@ -67,10 +67,11 @@ static void replay(void)
         if (allowed(rc)) rc = lmf_source_skip_unknown(data, n, &err);
     } else if (!strncmp(cur_file, "lora-", 5)) rc = lmf_lora(data, n, &err);
     else if (!strncmp(cur_file, "pickle-", 7)) rc = lmf_pickle(data, n, &err);
+    else if (!strncmp(cur_file, "torchzip-", 9)) rc = lmf_torch_zip_pickle(data, n, &err);
     else if (!strncmp(cur_file, "tokenizer-", 10)) rc = lmf_tokenizer(data, n, &err);
     else known = 0;
     free(data);
-    CHECK_MSG(known, "%s: file name names no parser (safetensors-, torch-, pickle-, lora-, tokenizer-)", cur_file);
+    CHECK_MSG(known, "%s: file name names no parser (safetensors-, torch-, pickle-, torchzip-, lora-, tokenizer-)", cur_file);
     CHECK_MSG(allowed(rc), "%s: returned %d (%s): %s", cur_file, rc, lm_err_name(rc), err.msg);
     CHECK_MSG(rc == 0 || err.msg[0], "%s: error %d without a reason", cur_file, rc);
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs each libFuzzer harness named on the command line (fuzz_safetensors,
-# fuzz_torch, fuzz_pickle, fuzz_lora, fuzz_tokenizer) for FUZZ_SECONDS seconds, one after
+# fuzz_torch, fuzz_pickle, fuzz_torch_zip, fuzz_lora, fuzz_tokenizer) for FUZZ_SECONDS seconds, one after
 # the other, from the repository root. Called by `make fuzz`.
 #
 # Corpus: build-fuzz/corpus/NAME, seeded (cp -n, never the other way) from
@@ -35,6 +35,9 @@ seeds() {
     fuzz_pickle)
       find fixtures -type f \( -name '*.pkl' -o -name '*.pickle' \) $small
       ls tests/regress/pickle-* 2>/dev/null;;
+    fuzz_torch_zip)
+      ls tests/regress/torchzip-* 2>/dev/null
+      find tests/fuzz/seeds/fuzz_pickle -type f;;
     fuzz_lora)
       find fixtures -type f \( -iname '*lora*' -o -iname '*lycoris*' -o -iname '*loha*' -o -iname '*lokr*' \) \
         \( -name '*.safetensors' -o -name '*.pt' -o -name '*.bin' \) $small

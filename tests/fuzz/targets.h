@@ -369,4 +369,61 @@ LMF_FN int lmf_pickle(const uint8_t *data, size_t n, lm_err *err)
     return first;
 }
 
+/* PyTorch zip around a fuzzed pickle: the bytes become archive/data.pkl of a
+ * well-formed zip (stored records, right CRCs) holding storages
+ * archive/data/0 … archive/data/7 of 4096 bytes each, so mutations reach
+ * the storage and tensor-record checks behind the zip layer. */
+#include <zlib.h>
+typedef struct { unsigned char *p; size_t n, cap; } lmf_buf;
+LMF_FN void lmf_put(lmf_buf *b, const void *d, size_t n)
+{
+    if (b->n + n > b->cap) {
+        size_t c = b->cap ? b->cap : 4096;
+        while (c < b->n + n) c *= 2;
+        unsigned char *q = realloc(b->p, c);
+        if (!q) abort();
+        b->p = q;
+        b->cap = c;
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+LMF_FN void lmf_le(lmf_buf *b, uint64_t v, int n)
+{
+    unsigned char x[8];
+    for (int i = 0; i < n; i++) x[i] = (unsigned char)(v >> (8 * i));
+    lmf_put(b, x, (size_t)n);
+}
+LMF_FN int lmf_torch_zip_pickle(const uint8_t *data, size_t n, lm_err *err)
+{
+    static unsigned char storage[4096];
+    for (size_t i = 0; i < sizeof storage; i++) storage[i] = (unsigned char)(i * 7 + 1);
+    enum { NE = 10 };
+    const char *names[NE] = { "archive/data.pkl", "archive/byteorder", "archive/data/0", "archive/data/1",
+                              "archive/data/2", "archive/data/3", "archive/data/4", "archive/data/5",
+                              "archive/data/6", "archive/data/7" };
+    lmf_buf z = {0}, cd = {0};
+    for (int k = 0; k < NE; k++) {
+        const unsigned char *d = k == 0 ? data : k == 1 ? (const unsigned char *)"little" : storage;
+        size_t dn = k == 0 ? n : k == 1 ? 6 : sizeof storage;
+        uint32_t crc = (uint32_t)crc32(0L, d, (uInt)dn);
+        size_t nl = strlen(names[k]), off = z.n;
+        lmf_le(&z, 0x04034b50, 4); lmf_le(&z, 20, 2); lmf_le(&z, 0, 2); lmf_le(&z, 0, 2);
+        lmf_le(&z, 0, 2); lmf_le(&z, 0x21, 2); lmf_le(&z, crc, 4); lmf_le(&z, dn, 4); lmf_le(&z, dn, 4);
+        lmf_le(&z, nl, 2); lmf_le(&z, 0, 2); lmf_put(&z, names[k], nl); lmf_put(&z, d, dn);
+        lmf_le(&cd, 0x02014b50, 4); lmf_le(&cd, 20, 2); lmf_le(&cd, 20, 2); lmf_le(&cd, 0, 2); lmf_le(&cd, 0, 2);
+        lmf_le(&cd, 0, 2); lmf_le(&cd, 0x21, 2); lmf_le(&cd, crc, 4); lmf_le(&cd, dn, 4); lmf_le(&cd, dn, 4);
+        lmf_le(&cd, nl, 2); lmf_le(&cd, 0, 2); lmf_le(&cd, 0, 2); lmf_le(&cd, 0, 2); lmf_le(&cd, 0, 2);
+        lmf_le(&cd, 0, 4); lmf_le(&cd, off, 4); lmf_put(&cd, names[k], nl);
+    }
+    size_t cdoff = z.n;
+    lmf_put(&z, cd.p, cd.n);
+    lmf_le(&z, 0x06054b50, 4); lmf_le(&z, 0, 2); lmf_le(&z, 0, 2); lmf_le(&z, NE, 2); lmf_le(&z, NE, 2);
+    lmf_le(&z, cd.n, 4); lmf_le(&z, cdoff, 4); lmf_le(&z, 0, 2);
+    int rc = lmf_source(z.p, z.n, err);
+    free(z.p);
+    free(cd.p);
+    return rc;
+}
+
 #endif
