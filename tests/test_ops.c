@@ -233,6 +233,29 @@ static void test_activation_sweep(void)
     CHECK_NEAR(m, 0, 1e-5);   /* relative, down to probabilities of 1e-34 */
 }
 
+/* sized nearest resize against torch.nn.functional.interpolate(x, size,
+ * mode='nearest') of x = arange(35).reshape(1,1,5,7) (torch 1.13) */
+static void test_upsample_nearest_sized(void)
+{
+    float x[35], y[9 * 13];
+    for (int i = 0; i < 35; i++) x[i] = (float)i;
+    lm_upsample_nearest(x, 1, 5, 7, 9, 13, y);   /* 2H-1, 2W-1: odd skip sizes */
+    static const float col0[9] = { 0, 0, 7, 7, 14, 14, 21, 21, 28 };
+    static const float row0[13] = { 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6 };
+    for (int i = 0; i < 9; i++) CHECK_NEAR(y[i * 13], col0[i], 0);
+    for (int j = 0; j < 13; j++) CHECK_NEAR(y[j], row0[j], 0);
+    lm_upsample_nearest(x, 1, 5, 7, 3, 11, y);   /* not a multiple either way */
+    static const float ref[33] = { 0, 0, 1, 1, 2, 3, 3, 4, 5, 5, 6, 7, 7, 8, 8, 9, 10, 10, 11, 12, 12, 13,
+                                   21, 21, 22, 22, 23, 24, 24, 25, 26, 26, 27 };
+    for (int i = 0; i < 33; i++) CHECK_NEAR(y[i], ref[i], 0);
+    float z[2 * 10 * 14], w[2 * 10 * 14];            /* 2× exactly: same as lm_upsample_nearest2x */
+    float x2[70];
+    for (int i = 0; i < 70; i++) x2[i] = (float)(i * 3 % 11);
+    lm_upsample_nearest(x2, 2, 5, 7, 10, 14, z);
+    lm_upsample_nearest2x(x2, 2, 5, 7, w);
+    CHECK(memcmp(z, w, sizeof z) == 0);
+}
+
 static void test_upsample_softmax_add(void)
 {
     float x[2 * 2 * 3] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 }, y[2 * 4 * 6];
@@ -353,6 +376,7 @@ int main(void)
     RUN(test_layer_norm);
     RUN(test_activations);
     RUN(test_activation_sweep);
+    RUN(test_upsample_nearest_sized);
     RUN(test_upsample_softmax_add);
     RUN(test_attention);
     RUN(test_attention_query_blocks);

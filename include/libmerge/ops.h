@@ -152,6 +152,13 @@ void lm_add_channel(float *y, int C, int64_t HW, const float *v);
  * mode 'nearest'): x [C, H, W] → y [C, 2H, 2W], y[c, i, j] = x[c, i/2, j/2]. */
 void lm_upsample_nearest2x(const float *x, int C, int H, int W, float *y);
 
+/* Nearest-neighbour resize to a given size (torch interpolate, mode
+ * 'nearest', size = (OH, OW)): x [C, H, W] → y [C, OH, OW], source row
+ * i·H/OH rounded down as PyTorch computes it (float scale H/OH; exactly i/2
+ * when OH = 2H), likewise for columns. The UNet uses it when a latent side
+ * is not a multiple of 2^(levels−1), upsampling to the skip's size. */
+void lm_upsample_nearest(const float *x, int C, int H, int W, int OH, int OW, float *y);
+
 /* Softmax along each row, in place: x [rows, cols] (max subtracted first). */
 void lm_softmax_rows(float *x, int64_t rows, int64_t cols);
 

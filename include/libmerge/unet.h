@@ -85,16 +85,18 @@ void lm_unet_free(lm_unet *u);
 const lm_unet_config *lm_unet_config_of(const lm_unet *u);
 
 /* Floating-point operations of one forward pass of one image with a
- * latent h×w and a context of ctx_len tokens (multiply-adds counted as 2). */
+ * latent h×w and a context of ctx_len tokens (multiply-adds counted as 2;
+ * exact for sides that are multiples of 2^(levels−1), close otherwise). */
 double lm_unet_flops(const lm_unet *u, int h, int w, int ctx_len);
 
 /* ε prediction: latent [N, in_channels, h, w], timesteps [N] (in training
  * steps, 0..999, as floats), context [N, ctx_len, context_dim] (the text
  * encoder's last hidden states), y [N, adm_in_channels] (SDXL's pooled text
  * embedding + size/crop embedding; NULL otherwise) → eps [N, out_channels,
- * h, w]. h and w must be multiples of 2^(levels−1) (8 for SD1.x: any latent
- * of an image whose sides are multiples of 64 px). Images of the batch are
- * computed one after another. Errors: LM_EUSAGE (sizes), LM_ENOMEM. */
+ * h, w]. Any h, w ≥ 1: sides that are not multiples of 2^(levels−1) are
+ * handled as diffusers does (stride-2 convolutions round up, upsamplers
+ * resize to the skip connection's size). Images of the batch are computed
+ * one after another. Errors: LM_EUSAGE (empty sizes), LM_ENOMEM. */
 int lm_unet_forward(lm_unet *u, const float *latent, int N, int h, int w,
                     const float *timesteps, const float *context, int ctx_len,
                     const float *y, float *eps, lm_err *err);

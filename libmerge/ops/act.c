@@ -53,6 +53,26 @@ void lm_upsample_nearest2x(const float *x, int C, int H, int W, float *y)
         }
 }
 
+/* source index of output index i (PyTorch's nearest_idx) */
+static int nearest_src(int i, int in, int out)
+{
+    if (out == in) return i;
+    if (out == 2 * in) return i >> 1;
+    float scale = (float)in / (float)out;
+    int s = (int)floorf((float)i * scale);
+    return s < in - 1 ? s : in - 1;
+}
+
+void lm_upsample_nearest(const float *x, int C, int H, int W, int OH, int OW, float *y)
+{
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < OH; i++) {
+            const float *s = x + ((size_t)c * H + nearest_src(i, H, OH)) * W;
+            float *d = y + ((size_t)c * OH + i) * OW;
+            for (int j = 0; j < OW; j++) d[j] = s[nearest_src(j, W, OW)];
+        }
+}
+
 void lm_softmax_rows(float *x, int64_t rows, int64_t cols)
 {
     for (int64_t r = 0; r < rows; r++) {

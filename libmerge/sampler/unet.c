@@ -147,7 +147,7 @@ done:
     return rc;
 }
 
-typedef struct { float *p; int C; } skip_t;
+typedef struct { float *p; int C, H, W; } skip_t;
 
 static int forward_one(fwd *f, const float *x, int H, int W, float t, const float *y, float *eps)
 {
@@ -184,7 +184,7 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
     if (!h) goto done;
     if ((rc = lm_conv2d(x, g->in_channels, H, W, u->conv_in.w, u->conv_in.b, C, 3, 1, PAD1, h, &u->work))) goto done;
     tap(f, "conv_in", h, C, H, W);
-    skips[ns++] = (skip_t){ h, C };
+    skips[ns++] = (skip_t){ h, C, H, W };
     char name[32];
     for (int i = 0; i < L; i++) {
         const u_block *b = &u->down[i];
@@ -195,7 +195,7 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
             if ((rc = resnet(f, r, h, H, W, o))) goto done;
             if (b->attn[j].depth && (rc = transformer(f, &b->attn[j], o, H, W))) goto done;
             h = o; o = NULL; C = r->cout;
-            skips[ns++] = (skip_t){ h, C };
+            skips[ns++] = (skip_t){ h, C, H, W };
         }
         if (b->sample.w) {
             int OH = (H + 1) / 2, OW = (W + 1) / 2;
@@ -203,7 +203,7 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
             if (!o) { rc = LM_ENOMEM; goto done; }
             if ((rc = lm_conv2d(h, C, H, W, b->sample.w, b->sample.b, C, 3, 2, PAD1, o, &u->work))) goto done;
             h = o; o = NULL; H = OH; W = OW;
-            skips[ns++] = (skip_t){ h, C };
+            skips[ns++] = (skip_t){ h, C, H, W };
         }
         snprintf(name, sizeof name, "down_blocks.%d", i);
         tap(f, name, h, C, H, W);
@@ -238,10 +238,13 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
             UF(h); h = o; o = NULL; C = r->cout;
         }
         if (b->sample.w) {
-            float *up = UB((size_t)C * 4 * H * W);
+            /* 2× nearest, or to the next skip's size when a side is odd
+             * (diffusers forwards upsample_size then) */
+            int OH = ns ? skips[ns - 1].H : 2 * H, OW = ns ? skips[ns - 1].W : 2 * W;
+            float *up = UB((size_t)C * OH * OW);
             if (!up) { rc = LM_ENOMEM; goto done; }
-            lm_upsample_nearest2x(h, C, H, W, up);
-            H *= 2; W *= 2;
+            lm_upsample_nearest(h, C, H, W, OH, OW, up);
+            H = OH; W = OW;
             UF(h); h = up;
             o = UB((size_t)C * H * W);
             if (!o) { rc = LM_ENOMEM; goto done; }
@@ -267,10 +270,8 @@ int lm_unet_forward(lm_unet *u, const float *latent, int N, int h, int w,
                     const float *y, float *eps, lm_err *err)
 {
     const lm_unet_config *g = &u->cfg;
-    int m = 1 << (g->levels - 1);
-    if (N < 1 || h < 1 || w < 1 || h % m || w % m)
-        return lm_err_set(err, LM_EUSAGE, NULL, "latent", LM_ERR_NO_OFFSET,
-                          "latent %dx%d: sides must be multiples of %d", h, w, m);
+    if (N < 1 || h < 1 || w < 1)
+        return lm_err_set(err, LM_EUSAGE, NULL, "latent", LM_ERR_NO_OFFSET, "empty latent %dx%d", h, w);
     if (ctx_len < 1)
         return lm_err_set(err, LM_EUSAGE, NULL, "context", LM_ERR_NO_OFFSET, "empty context");
     if (g->adm_in_channels && !y)
