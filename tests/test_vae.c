@@ -87,19 +87,20 @@ static void check_layout(const char *path, int want_ldm)
 static void test_vae_diffusers_layout(void) { check_layout(FIXTURE("golden/sd15/vae_diffusers.safetensors"), 0); }
 static void test_vae_ldm_layout(void) { check_layout(FIXTURE("golden/sd15/vae_ldm.safetensors"), 1); }
 
-/* Tiled decoding of a 24×24 latent (tiles of 16, overlap 8) against the
+/* Tiled decoding of a 20×20 latent (tiles of 16, overlap 8) against the
  * untiled decode. GroupNorm statistics are per tile (as in diffusers'
  * tiled_decode), so the two are not equal: on this random tiny VAE the
- * measured difference is mean 0.153, max 1.0 (outputs span about ±3; a
- * misplaced tile gives a mean near 1). A tile covering the whole latent
- * must give the untiled result exactly. */
+ * measured difference is mean 0.106, max 0.74 (outputs span about ±3; a
+ * misplaced tile gives a mean near 1; smaller tiles differ more: 12/8 on
+ * 16×16 gives mean 0.2). A tile covering the whole latent must give the
+ * untiled result exactly. */
 static void test_vae_tiled_matches_untiled(void)
 {
     lm_err e;
     model m;
     int rc = open_model(&m, FIXTURE("golden/sd15/vae_diffusers.safetensors"), &e);
     if (rc) { close_model(&m); CHECK_OK(rc, &e); }
-    enum { h = 24, w = 24, N = 3 * h * 8 * w * 8 };
+    enum { h = 20, w = 20, N = 3 * h * 8 * w * 8 };
     float *z = malloc(4 * h * w * sizeof *z), *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b);
     /* a smooth latent (what a sampler produces is spatially correlated) */
     for (int c = 0; c < 4; c++)
@@ -112,7 +113,7 @@ static void test_vae_tiled_matches_untiled(void)
     o.tile = 16;
     o.overlap = 8;
     int r2 = r1 ? r1 : lm_vae_decode(m.v, z, h, w, &o, b, &e);
-    o.tile = 24;
+    o.tile = 20;
     float *c2 = malloc(N * sizeof *c2);
     int r3 = r2 ? r2 : lm_vae_decode(m.v, z, h, w, &o, c2, &e);
     int same = r3 == 0 && memcmp(a, c2, N * sizeof *a) == 0;
@@ -125,7 +126,7 @@ static void test_vae_tiled_matches_untiled(void)
     CHECK_OK(r2, &e);
     CHECK_MSG(same, "one tile covering the latent differs from the untiled decode");
     printf("# tiled vs untiled: max |diff| %.3g, mean |diff| %.3g\n", mx, mean);
-    CHECK_MSG(mean <= 0.2 && mx <= 1.5, "tiled vs untiled: mean %.3g max %.3g", mean, mx);
+    CHECK_MSG(mean <= 0.15 && mx <= 1.0, "tiled vs untiled: mean %.3g max %.3g", mean, mx);
 }
 
 /* uint8 post-processing of the stored raw images equals the stored pixels. */
