@@ -91,10 +91,8 @@ int tt_legacy_load(lm_source *s, tt_backend *be, const lm_open_opts *opts, lm_er
     if (!rc && v[4]->kind != PK_LIST)
         rc = lm_err_set(err, LM_EINPUT, s->path, NULL, (int64_t)at[4], "legacy storage key list is not a list");
     for (size_t k = 0; !rc && k < pk_persid_count(c[3]); k++) rc = tt_add_storage(s, be, pk_persid(c[3], k), err);
-    if (!rc) {
-        tt_sort_storages(be);
-        rc = read_storages(s, be, pos, v[4], little, err);
-    }
+    if (!rc) rc = tt_sort_storages(s, be, err);
+    if (!rc) rc = read_storages(s, be, pos, v[4], little, err);
     if (!rc) rc = tt_flatten(s, be, v[3], pk_value_count(c[3]), err);
     for (int k = 0; k < 5; k++) pk_free(c[k]);
     return rc;

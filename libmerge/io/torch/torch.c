@@ -38,12 +38,7 @@ int tt_add_storage(lm_source *s, tt_backend *be, const pk_value *persid, lm_err 
     if (id->n >= 6 && id->items[5]->kind != PK_NONE)
         return lm_err_set(err, LM_EUNSUPPORTED, s->path, key->s, LM_ERR_NO_OFFSET,
                           "storage views (torch before 0.4) are not supported");
-    for (size_t k = 0; k < be->n_st; k++)   /* n_st is small while collecting; sorted later */
-        if (!strcmp(be->st[k].key, key->s)) {
-            if (strcmp(be->st[k].type, type->s) || be->st[k].numel != (uint64_t)numel->i)
-                return lm_err_set(err, LM_EINPUT, s->path, key->s, LM_ERR_NO_OFFSET, "storage referenced with two different types or sizes");
-            return 0;
-        }
+    /* duplicates (one storage behind several tensors) are merged by tt_sort_storages */
     if (be->n_st == be->cap_st) {
         size_t cap = be->cap_st ? 2 * be->cap_st : 64;
         tt_storage *p = realloc(be->st, cap * sizeof *p);
@@ -73,9 +68,30 @@ static int cmp_storage(const void *a, const void *b)
     return strcmp(((const tt_storage *)a)->key, ((const tt_storage *)b)->key);
 }
 
-void tt_sort_storages(tt_backend *be)
+int tt_sort_storages(lm_source *s, tt_backend *be, lm_err *err)
 {
-    if (be->n_st) qsort(be->st, be->n_st, sizeof *be->st, cmp_storage);
+    if (!be->n_st) return 0;
+    qsort(be->st, be->n_st, sizeof *be->st, cmp_storage);
+    size_t w = 0;
+    for (size_t k = 0; k < be->n_st; k++) {
+        tt_storage *st = &be->st[k];
+        if (w && !strcmp(be->st[w - 1].key, st->key)) {
+            int same = !strcmp(be->st[w - 1].type, st->type) && be->st[w - 1].numel == st->numel;
+            int rc = same ? 0 : lm_err_set(err, LM_EINPUT, s->path, st->key, LM_ERR_NO_OFFSET,
+                                           "storage referenced with two different types or sizes");
+            free(st->key);
+            free(st->type);
+            if (rc) {   /* keep the table consistent for tt_close */
+                for (size_t j = k + 1; j < be->n_st; j++) be->st[w++] = be->st[j];
+                be->n_st = w;
+                return rc;
+            }
+            continue;
+        }
+        be->st[w++] = *st;
+    }
+    be->n_st = w;
+    return 0;
 }
 
 tt_storage *tt_find_storage(const tt_backend *be, const char *key)
@@ -491,8 +507,8 @@ static int zip_load(lm_source *s, tt_backend *be, const lm_open_opts *opts, lm_e
             st->data = be->map + offs[zi];
         }
     }
+    if (!rc) rc = tt_sort_storages(s, be, err);
     if (!rc) {
-        tt_sort_storages(be);
         rc = tt_flatten(s, be, root, pk_value_count(ctx), err);
     }
     pk_free(ctx);

@@ -44,11 +44,12 @@ typedef struct tt_backend {
 } tt_backend;
 
 /* Adds a storage from a torch persistent id ('storage', type, key, location,
- * numel[, view_metadata]) unless its key is known. Validates the key. */
+ * numel[, view_metadata]). Validates the key; repeats are merged later. */
 int tt_add_storage(lm_source *s, tt_backend *be, const pk_value *persid, lm_err *err);
 
-/* Sorts storages by key so tensors find theirs by binary search. */
-void tt_sort_storages(tt_backend *be);
+/* Sorts storages by key (tensors find theirs by binary search) and merges
+ * repeated keys, refusing one key with two types or sizes (LM_EINPUT). */
+int tt_sort_storages(lm_source *s, tt_backend *be, lm_err *err);
 tt_storage *tt_find_storage(const tt_backend *be, const char *key);
 
 /* Walks the unpickled object and adds one entry per tensor leaf. n_values
