@@ -94,10 +94,7 @@ static int add_item(conv *c, size_t src, const char *name, lm_err *err)
     c->n++;
     it->src = src;
     it->dtype = e->dtype;
-    if (c->o->dtype != LM_DT_INVALID && lm_dtype_is_float(e->dtype) && e->dtype != c->o->dtype) {
-        it->dtype = c->o->dtype;
-        c->r->n_converted++;
-    }
+    if (c->o->dtype != LM_DT_INVALID && lm_dtype_is_float(e->dtype)) it->dtype = c->o->dtype;
     it->ndim = e->ndim;
     memcpy(it->shape, e->shape, sizeof it->shape);
     return 0;
@@ -272,6 +269,7 @@ static int write_item(conv *c, lm_writer *w, const plan_item *it, unsigned char 
         free(tmp);
     }
     if (rc) { lm_err_key(err, it->name); return rc; }
+    if (it->dtype != e->dtype) c->r->n_converted++;
     if (ovf) {
         c->r->n_overflow_tensors++;
         c->r->n_overflow_values += ovf;
