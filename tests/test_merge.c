@@ -9,6 +9,7 @@
 #include "libmerge/merge.h"
 #include "libmerge/lora.h"
 #include "libmerge/source.h"
+#include "merge/merge_impl.h"
 
 #define BASE FIXTURE("golden/sd15/unet_ldm.safetensors")
 #define LA FIXTURE("bake/lora_a_kohya.safetensors")
@@ -236,6 +237,45 @@ static void test_dense_svd_known_spectrum(void)
         }
 }
 
+/* The randomised SVD used for dense ΔW (extract, LoHa/LoKr merges) against sgesdd on a
+ * matrix like a fine-tune's difference: a decaying low-rank part plus fp16-sized noise. */
+static void test_randomized_svd_as_accurate_as_sgesdd(void)
+{
+    enum { M = 320, N = 1152, R = 16 };     /* rank + oversampling ≤ min(M, N) / 4 */
+    float *A = malloc(sizeof(float) * M * N), *A2 = malloc(sizeof(float) * M * N);
+    float *u1 = malloc(sizeof(float) * M * R), *d1 = malloc(sizeof(float) * R * N);
+    float *u2 = malloc(sizeof(float) * M * R), *d2 = malloc(sizeof(float) * R * N);
+    uint64_t st = 42;
+    for (int i = 0; i < M * N; i++) A[i] = 0;
+    for (int t = 0; t < 48; t++) {            /* Σ σ_t x_t y_tᵀ, σ_t = 0.8^t */
+        float x[M], y[N], sg = powf(0.8f, (float)t);
+        for (int i = 0; i < M; i++) { st = st * 6364136223846793005ULL + 1442695040888963407ULL; x[i] = (float)((st >> 40) / 16777216.0 - 0.5); }
+        for (int j = 0; j < N; j++) { st = st * 6364136223846793005ULL + 1442695040888963407ULL; y[j] = (float)((st >> 40) / 16777216.0 - 0.5); }
+        for (int i = 0; i < M; i++) for (int j = 0; j < N; j++) A[i * N + j] += sg * x[i] * y[j];
+    }
+    for (int i = 0; i < M * N; i++) { st = st * 6364136223846793005ULL + 1442695040888963407ULL; A[i] += (float)(((st >> 40) / 16777216.0 - 0.5) * 1e-3); }
+    memcpy(A2, A, sizeof(float) * M * N);
+    int k1, k2;
+    double e1, e2, en1, en2;
+    lm_err err;
+    CHECK_OK(lmm_svd_randomized(A, M, N, R, u1, d1, &k1, &e1, &en1, &err), &err);
+    CHECK_OK(lm_svd_truncate(A2, M, N, R, u2, d2, &k2, &e2, &en2, &err), &err);
+    CHECK_EQ_INT(k1, R);
+    CHECK_EQ_INT(k2, R);
+    CHECK_MSG(e1 <= e2 * 1.005 + 1e-7, "randomised error %g vs optimal %g", e1, e2);
+    /* the reported error is the real one: ‖A − up·down‖ / ‖A‖ */
+    double num = 0, den = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double v = 0;
+            for (int r = 0; r < R; r++) v += (double)u1[i * R + r] * d1[r * N + j];
+            num += (A[i * N + j] - v) * (A[i * N + j] - v);
+            den += (double)A[i * N + j] * A[i * N + j];
+        }
+    CHECK_NEAR(sqrt(num / den), e1, 1e-4);
+    free(A); free(A2); free(u1); free(d1); free(u2); free(d2);
+}
+
 static void test_peft_output_loads_with_the_same_delta(void)
 {
     lm_err err;
@@ -377,6 +417,7 @@ int main(void)
     RUN(test_svd_full_rank_reproduces_the_sum);
     RUN(test_svd_conv3x3_locon_shapes);
     RUN(test_dense_svd_known_spectrum);
+    RUN(test_randomized_svd_as_accurate_as_sgesdd);
     RUN(test_peft_output_loads_with_the_same_delta);
     RUN(test_extract_recovers_a_baked_lora);
     RUN(test_merge_refusals);

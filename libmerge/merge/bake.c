@@ -192,7 +192,7 @@ static int plan(bake *b, const lm_keymap *km, const lm_bake_opts *o, lm_bake_rep
 /* Per-worker buffers: W sized once for the largest updated tensor; ΔW (only for modules
  * that are not plain up·down) and the factors grow as needed and are kept, so the steady
  * state allocates nothing (no page faults on fresh memory per tensor). */
-static void release_pages(const void *p, size_t n);
+#define release_pages lmm_release_pages
 
 typedef struct wbuf {
     float *W, *dw, *up, *down;
@@ -331,15 +331,6 @@ static void *hash_thread(void *arg)
     h->rc = lmm_sha256_file_cancel(h->path, h->hex, &h->bytes, &h->cancel, &h->err);
     h->seconds = now() - t0;
     return NULL;
-}
-
-/* Releases the pages lying wholly inside [p, p+n) of the base mapping. */
-static void release_pages(const void *p, size_t n)
-{
-    static size_t pg;
-    if (!pg) pg = (size_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t)p + pg - 1) & ~(uintptr_t)(pg - 1), z = ((uintptr_t)p + n) & ~(uintptr_t)(pg - 1);
-    if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
 }
 
 /* ---- the bake ------------------------------------------------------------------- */

@@ -109,13 +109,16 @@ static int extract_one(xjob *J, xmod *x, lm_err *err)
     int rc = 0;
     if (!A || !T) { rc = lm_err_set(err, LM_ENOMEM, NULL, e->name, LM_ERR_NO_OFFSET, "out of memory"); goto out; }
     if ((rc = lm_source_read_f32(J->base, x->bt, A, err)) || (rc = lm_source_read_f32(J->tuned, x->tt, T, err))) goto out;
+    const void *ra = lm_source_raw(J->base, x->bt), *rt = lm_source_raw(J->tuned, x->tt);
+    if (ra) lmm_release_pages(ra, e->nbytes);   /* each weight is read once */
+    if (rt) lmm_release_pages(rt, lm_source_entry(J->tuned, x->tt)->nbytes);
     int nz = 0;
     for (int64_t i = 0; i < e->numel; i++) { T[i] -= A[i]; nz |= T[i] != 0.0f; }
     if (!nz) { x->empty = 1; goto out; }
     x->om.up = malloc((size_t)(out * k) * sizeof *x->om.up);
     x->om.down = malloc((size_t)(k * N) * sizeof *x->om.down);
     if (!x->om.up || !x->om.down) { rc = lm_err_set(err, LM_ENOMEM, NULL, e->name, LM_ERR_NO_OFFSET, "out of memory"); goto out; }
-    rc = lm_svd_truncate(T, out, N, J->rank, x->om.up, x->om.down, &x->om.k, &x->rep.rel_error, &x->rep.energy, err);
+    rc = lmm_svd_auto(T, out, N, J->rank, x->om.up, x->om.down, &x->om.k, &x->rep.rel_error, &x->rep.energy, err);
     x->rep.rank = x->om.k;
 out:
     free(A);

@@ -237,7 +237,7 @@ static int compute_group(job *J, group *g, lm_err *err)
         if (rc) { lm_err_file(err, J->in[g->parts[k].in].path); break; }
         cblas_saxpy((int)(out * N), (float)J->in[g->parts[k].in].lambda, d, 1, A, 1);
     }
-    if (!rc) rc = lm_svd_truncate(A, out, N, J->rank, g->om.up, g->om.down, &g->om.k, &g->rep.rel_error, &g->rep.energy, err);
+    if (!rc) rc = lmm_svd_auto(A, out, N, J->rank, g->om.up, g->om.down, &g->om.k, &g->rep.rel_error, &g->rep.energy, err);
     g->rep.rank = g->om.k;
     free(A);
     free(d);

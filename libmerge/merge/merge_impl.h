@@ -42,6 +42,11 @@ void lmm_date(char out[11]);
 void lmm_title(const char *path, char *out, size_t n);
 const char *lmm_basename(const char *path);
 
+/* Drops the pages lying wholly inside [p, p+n) of a read-only file mapping from this
+ * process's resident set (madvise MADV_DONTNEED: they are read again from the file if
+ * touched again), so streaming a model does not make it resident. */
+void lmm_release_pages(const void *p, size_t n);
+
 /* Number of worker threads for opts->threads (0: online CPUs, at most 64). */
 int lmm_threads(int requested);
 
@@ -56,5 +61,20 @@ int lmm_norm_module_name(const lm_lora_module *m, char *out, size_t n);
  * the dense lm_svd_truncate when r > min(m, n). Outputs as lm_svd_truncate. */
 int lmm_svd_lowrank(const float *Uc, const float *Dc, int64_t m, int64_t n, int64_t r, int rank,
                     float *up, float *down, int *k_out, double *rel_error, double *energy, lm_err *err);
+
+/* Randomised truncated SVD of a dense row-major [m, n] A (not modified): Gaussian test
+ * matrix of rank + LMM_SVD_OVERSAMPLE columns from a fixed seed, LMM_SVD_POWER subspace
+ * iterations, then the exact SVD of the projected [l, n] matrix (Halko, Martinsson &
+ * Tropp 2011, algorithms 4.4 and 5.1). Outputs as lm_svd_truncate; rel_error and energy
+ * are exact for the factors returned (from ‖A‖_F and the kept σ). */
+#define LMM_SVD_OVERSAMPLE 16
+#define LMM_SVD_POWER 2
+int lmm_svd_randomized(const float *A, int64_t m, int64_t n, int rank, float *up, float *down,
+                       int *k_out, double *rel_error, double *energy, lm_err *err);
+/* The dense SVD lora-merge and extract use: randomised when rank + oversampling is at
+ * most a quarter of min(m, n) (much faster there, and as accurate: tests/test_merge.c),
+ * LAPACKE_sgesdd otherwise. A may be overwritten. */
+int lmm_svd_auto(float *A, int64_t m, int64_t n, int rank, float *up, float *down,
+                 int *k_out, double *rel_error, double *energy, lm_err *err);
 
 #endif

@@ -124,3 +124,85 @@ out:
     free(Q1); free(Q2); free(R1); free(R2); free(M); free(Um); free(VmT); free(s); free(T);
     return rc;
 }
+
+/* ---- randomised SVD ------------------------------------------------------------ */
+
+static uint64_t mix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Orthonormal basis of the columns of a row-major [m, l] matrix, in place (thin QR). */
+static int orth(float *Y, int64_t m, int64_t l, float *R)
+{
+    return thin_qr(Y, m, l, R);
+}
+
+int lmm_svd_randomized(const float *A, int64_t m, int64_t n, int rank, float *up, float *down,
+                       int *k_out, double *rel_error, double *energy, lm_err *err)
+{
+    int64_t p = m < n ? m : n;
+    int k = rank < p ? rank : (int)p;
+    int64_t l = k + LMM_SVD_OVERSAMPLE;
+    if (l > p) l = p;
+    float *Om = malloc((size_t)(n * l) * sizeof *Om), *Y = malloc((size_t)(m * l) * sizeof *Y);
+    float *Z = malloc((size_t)(n * l) * sizeof *Z), *R = malloc((size_t)(l * l) * sizeof *R);
+    float *B = malloc((size_t)(l * n) * sizeof *B), *s = malloc((size_t)l * sizeof *s);
+    float *Ub = malloc((size_t)(l * l) * sizeof *Ub), *VbT = malloc((size_t)(l * n) * sizeof *VbT);
+    float *T = malloc((size_t)(m * k) * sizeof *T);
+    int rc = 0;
+    if (!Om || !Y || !Z || !R || !B || !s || !Ub || !VbT || !T) {
+        rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
+        goto out;
+    }
+    /* Gaussian test matrix from a fixed seed: the same input gives the same factors */
+    uint64_t st = 0x6c6d5f737664ULL ^ (uint64_t)(m * 1000003 + n);
+    for (int64_t i = 0; i < n * l; i += 2) {
+        double u1 = ((mix64(&st) >> 11) + 1.0) * (1.0 / 9007199254740993.0), u2 = (mix64(&st) >> 11) * (1.0 / 9007199254740992.0);
+        double r = sqrt(-2.0 * log(u1));
+        Om[i] = (float)(r * cos(6.283185307179586 * u2));
+        if (i + 1 < n * l) Om[i + 1] = (float)(r * sin(6.283185307179586 * u2));
+    }
+    /* range finder with LMM_SVD_POWER subspace iterations (Halko, Martinsson & Tropp 2011,
+     * algorithm 4.4), re-orthonormalising after every product */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)l, (int)n, 1.0f, A, (int)n, Om, (int)l, 0.0f, Y, (int)l);
+    for (int it = 0; it < LMM_SVD_POWER && !rc; it++) {
+        if (orth(Y, m, l, R)) { rc = LM_EINTERNAL; break; }
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)n, (int)l, (int)m, 1.0f, A, (int)n, Y, (int)l, 0.0f, Z, (int)l);
+        if (orth(Z, n, l, R)) { rc = LM_EINTERNAL; break; }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)l, (int)n, 1.0f, A, (int)n, Z, (int)l, 0.0f, Y, (int)l);
+    }
+    if (!rc && orth(Y, m, l, R)) rc = LM_EINTERNAL;
+    if (rc) { rc = lm_err_set(err, LM_EINTERNAL, NULL, NULL, LM_ERR_NO_OFFSET, "QR factorisation failed"); goto out; }
+    /* B = Qᵀ A [l, n], its SVD, and the factors */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)l, (int)n, (int)m, 1.0f, Y, (int)l, A, (int)n, 0.0f, B, (int)n);
+    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)l, (lapack_int)n, B, (lapack_int)n, s, Ub,
+                                     (lapack_int)l, VbT, (lapack_int)n);
+    if (info) { rc = lm_err_set(err, LM_EINTERNAL, NULL, NULL, LM_ERR_NO_OFFSET, "sgesdd failed (info %d)", (int)info); goto out; }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, k, (int)l, 1.0f, Y, (int)l, Ub, (int)l, 0.0f, T, k);
+    for (int64_t i = 0; i < m; i++)
+        for (int j = 0; j < k; j++) up[i * k + j] = T[i * k + j] * s[j];
+    memcpy(down, VbT, (size_t)k * (size_t)n * sizeof *down);
+    /* A_k = P·A with P the projection onto span(Q·Ub_k), so ‖A − A_k‖² = ‖A‖² − Σ_{j<k} σ_j² */
+    double tot = 0, kept = 0;
+    for (int64_t i = 0; i < m * n; i++) tot += (double)A[i] * A[i];
+    for (int j = 0; j < k; j++) kept += (double)s[j] * s[j];
+    if (tot <= 0) { *rel_error = 0; *energy = 1; }
+    else { *rel_error = sqrt(fmax(0.0, tot - kept) / tot); *energy = fmin(1.0, kept / tot); }
+    *k_out = k;
+out:
+    free(Om); free(Y); free(Z); free(R); free(B); free(s); free(Ub); free(VbT); free(T);
+    return rc;
+}
+
+int lmm_svd_auto(float *A, int64_t m, int64_t n, int rank, float *up, float *down,
+                 int *k_out, double *rel_error, double *energy, lm_err *err)
+{
+    int64_t p = m < n ? m : n;
+    if ((int64_t)rank + LMM_SVD_OVERSAMPLE <= p / 4)
+        return lmm_svd_randomized(A, m, n, rank, up, down, k_out, rel_error, energy, err);
+    return lm_svd_truncate(A, m, n, rank, up, down, k_out, rel_error, energy, err);
+}

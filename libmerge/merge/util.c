@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -188,4 +189,12 @@ int lmm_threads(int requested)
     if (requested > 0) return requested > 64 ? 64 : requested;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+void lmm_release_pages(const void *p, size_t n)
+{
+    static size_t pg;
+    if (!pg) pg = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + pg - 1) & ~(uintptr_t)(pg - 1), z = ((uintptr_t)p + n) & ~(uintptr_t)(pg - 1);
+    if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
 }
