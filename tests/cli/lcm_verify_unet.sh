@@ -98,3 +98,9 @@ else no unet_lora_equals_baked "exit $?: $(cat "$T/err")"; fi
 # a LoRA for another UNet (full-size SD1.5 shapes) is refused by name
 "$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" --input "$F/unet_in.safetensors" -l fixtures/real/sd15_lora_attnproc_noprefix.safetensors -o "$T/x.safetensors" 2>"$T/err"; rc=$?
 [ $rc -eq 3 ] && [ ! -e "$T/x.safetensors" ] && ok unet_lora_mismatch || no unet_lora_mismatch "exit $rc: $(cat "$T/err")"
+
+# a 9×11 latent (odd at every level) against an independent float64 reference
+if "$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" --input "$F/unet_odd_in.safetensors" -o "$T/odd.safetensors" 2>"$T/err"; then
+  d=$($CMP "$T/odd.safetensors" eps "$F/unet_odd_in.safetensors" expected_eps 1e-4) \
+    && ok unet_odd_latent || no unet_odd_latent "max abs $d"
+else no unet_odd_latent "exit $?: $(cat "$T/err")"; fi
