@@ -223,6 +223,39 @@ static void test_bake_equals_bake_of_exact_merge(void)
     lm_source_close(b);
 }
 
+/* A PyTorch .ckpt base (fixtures/bake/unet_tiny_fp16.ckpt: the tiny UNet cast to fp16 by
+ * torch, {"state_dict": …}) bakes to the same tensors as the same weights in safetensors. */
+static void test_bake_from_torch_checkpoint(void)
+{
+    lm_err err;
+    const char *st16 = tmp("st16.safetensors"), *a = tmp("from_ckpt.safetensors"), *b = tmp("from_st.safetensors");
+    lm_weighted zero = { LA, 0.0, NULL };
+    lm_weighted in[2] = { { LA, 0.8, NULL }, { LB, -0.5, NULL } };
+    lm_bake_opts o = LM_BAKE_OPTS_INIT;
+    o.out_dtype = LM_DT_F16;
+    CHECK_OK(lm_bake(BASE, &zero, 1, st16, &o, NULL, &err), &err);
+    lm_bake_report rep;
+    CHECK_OK(lm_bake(FIXTURE("bake/unet_tiny_fp16.ckpt"), in, 2, a, NULL, &rep, &err), &err);
+    CHECK_EQ_STR(rep.arch, "sd1");
+    CHECK_EQ_INT(rep.touched, 7);
+    lm_bake_report_free(&rep);
+    CHECK_OK(lm_bake(st16, in, 2, b, NULL, NULL, &err), &err);
+    lm_source *x = NULL, *y = NULL;
+    CHECK_OK(lm_source_open(&x, a, NULL, &err), &err);
+    CHECK_OK(lm_source_open(&y, b, NULL, &err), &err);
+    CHECK_EQ_INT(lm_source_count(x), 684);
+    CHECK_EQ_INT(lm_source_count(y), 684);
+    for (size_t i = 0; i < lm_source_count(x); i++) {
+        const lm_entry *e = lm_source_entry(x, i);
+        int64_t j = lm_source_find(y, e->name);
+        CHECK(j >= 0);
+        CHECK_EQ_INT(e->dtype, LM_DT_F16);
+        CHECK_MSG(!memcmp(lm_source_raw(x, i), lm_source_raw(y, (size_t)j), e->nbytes), "%s differs", e->name);
+    }
+    lm_source_close(x);
+    lm_source_close(y);
+}
+
 static void test_bake_threads_give_identical_files(void)
 {
     lm_err err;
@@ -447,6 +480,7 @@ int main(void)
     RUN(test_bake_matches_numpy_f16);
     RUN(test_bake_minus_lambda_returns_base);
     RUN(test_bake_equals_bake_of_exact_merge);
+    RUN(test_bake_from_torch_checkpoint);
     RUN(test_bake_threads_give_identical_files);
     RUN(test_bake_refuses_unmatched_keys);
     RUN(test_bake_refuses_shape_mismatch);
