@@ -256,6 +256,32 @@ static void test_bake_from_torch_checkpoint(void)
     lm_source_close(y);
 }
 
+/* DoRA is not linear in λ: plain modules first (whatever the command-line order), then
+ * W' = m ⊙ V/‖V‖_row with V = W + 0.8ΔW_A + 0.5ΔW_D, against numpy. */
+static void test_bake_dora_after_plain_modules(void)
+{
+    lm_err err;
+    const char *out = tmp("dora.safetensors");
+    lm_weighted in[2] = { { FIXTURE("bake/lora_dora.safetensors"), 0.5, NULL }, { LA, 0.8, NULL } };
+    lm_bake_report rep;
+    CHECK_OK(lm_bake(BASE, in, 2, out, NULL, &rep, &err), &err);
+    CHECK_EQ_INT(rep.loras[0].dora, 1);
+    lm_bake_report_free(&rep);
+    lm_source *o = NULL, *r = NULL;
+    CHECK_OK(lm_source_open(&o, out, NULL, &err), &err);
+    CHECK_OK(lm_source_open(&r, FIXTURE("bake/ref_bake_dora_f32.safetensors"), NULL, &err), &err);
+    const lm_entry *e = lm_source_entry(r, 0);
+    float *x = read_f32(o, e->name), *y = read_f32(r, e->name);
+    CHECK(x && y);
+    double worst = 0;
+    for (int64_t k = 0; k < e->numel; k++) worst = fmax(worst, fabs((double)x[k] - y[k]));
+    free(x);
+    free(y);
+    CHECK_NEAR(worst, 0, 1e-6);
+    lm_source_close(o);
+    lm_source_close(r);
+}
+
 static void test_bake_threads_give_identical_files(void)
 {
     lm_err err;
@@ -481,6 +507,7 @@ int main(void)
     RUN(test_bake_minus_lambda_returns_base);
     RUN(test_bake_equals_bake_of_exact_merge);
     RUN(test_bake_from_torch_checkpoint);
+    RUN(test_bake_dora_after_plain_modules);
     RUN(test_bake_threads_give_identical_files);
     RUN(test_bake_refuses_unmatched_keys);
     RUN(test_bake_refuses_shape_mismatch);
