@@ -13,6 +13,7 @@
 #include "libmerge/merge.h"
 #include "libmerge/source.h"
 #include "libmerge/writer.h"
+#include "libmerge/keymap.h"
 
 #define BASE FIXTURE("golden/sd15/unet_ldm.safetensors")
 #define BASE_SHA "ff843e57ff8836dd1f20372184179c1147a591e508a6df3abf92317ae5ca8663"
@@ -282,6 +283,39 @@ static void test_bake_dora_after_plain_modules(void)
     lm_source_close(r);
 }
 
+/* The same UNet in diffusers layout (golden/sd15/unet_diffusers.safetensors) gets the same
+ * updates: LoRA modules land on the diffusers names through the key map. */
+static void test_bake_diffusers_layout_base(void)
+{
+    lm_err err;
+    const char *out = tmp("dif.safetensors");
+    lm_weighted in[2] = { { LA, 0.8, NULL }, { LB, -0.5, NULL } };
+    lm_bake_report rep;
+    CHECK_OK(lm_bake(FIXTURE("golden/sd15/unet_diffusers.safetensors"), in, 2, out, NULL, &rep, &err), &err);
+    CHECK_EQ_STR(rep.layout, "diffusers");
+    CHECK_EQ_INT(rep.touched, 7);
+    lm_bake_report_free(&rep);
+    lm_source *o = NULL, *r = NULL;
+    CHECK_OK(lm_source_open(&o, out, NULL, &err), &err);
+    CHECK_OK(lm_source_open(&r, FIXTURE("bake/ref_bake_f32.safetensors"), NULL, &err), &err);
+    for (size_t i = 0; i < lm_source_count(r); i++) {
+        const lm_entry *e = lm_source_entry(r, i);
+        char dn[512];
+        int reshape = 0;
+        CHECK_OK(lm_layout_convert_name(LM_ARCH_SD1, LM_LAYOUT_LDM, LM_LAYOUT_DIFFUSERS, e->name, dn, sizeof dn, &reshape), &err);
+        const char *bare = strncmp(dn, "unet.", 5) ? dn : dn + 5;
+        float *x = read_f32(o, bare), *y = read_f32(r, e->name);
+        CHECK_MSG(x && y, "%s (%s) missing", bare, e->name);
+        double worst = 0;
+        for (int64_t k = 0; k < e->numel; k++) worst = fmax(worst, fabs((double)x[k] - y[k]));
+        free(x);
+        free(y);
+        CHECK_NEAR(worst, 0, 5e-7);
+    }
+    lm_source_close(o);
+    lm_source_close(r);
+}
+
 static void test_bake_threads_give_identical_files(void)
 {
     lm_err err;
@@ -508,6 +542,7 @@ int main(void)
     RUN(test_bake_equals_bake_of_exact_merge);
     RUN(test_bake_from_torch_checkpoint);
     RUN(test_bake_dora_after_plain_modules);
+    RUN(test_bake_diffusers_layout_base);
     RUN(test_bake_threads_give_identical_files);
     RUN(test_bake_refuses_unmatched_keys);
     RUN(test_bake_refuses_shape_mismatch);
