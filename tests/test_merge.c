@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cJSON.h>
+#include <openssl/evp.h>
 #include "test.h"
 #include "libmerge/merge.h"
 #include "libmerge/lora.h"
@@ -213,6 +214,33 @@ static void test_svd_conv3x3_locon_shapes(void)
     CHECK_NEAR(alpha, 2, 0);
     CHECK_EQ_STR(lm_source_meta_get(s, "ss_network_dim"), "2");
     CHECK_EQ_STR(lm_source_meta_get(s, "ss_network_alpha"), "2");
+    /* kohya's sshs_model_hash and ModelSpec's hash_sha256 describe this file's data */
+    FILE *f = fopen(out, "rb");
+    CHECK(f);
+    fseek(f, (long)lm_source_data_start(s), SEEK_SET);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) EVP_DigestUpdate(ctx, buf, n);
+    fclose(f);
+    unsigned char md[32];
+    unsigned int mdn;
+    EVP_DigestFinal_ex(ctx, md, &mdn);
+    EVP_MD_CTX_free(ctx);
+    char hex[65], hex0x[67];
+    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    snprintf(hex0x, sizeof hex0x, "0x%s", hex);
+    CHECK_EQ_STR(lm_source_meta_get(s, "sshs_model_hash"), hex);
+    CHECK_EQ_STR(lm_source_meta_get(s, "modelspec.hash_sha256"), hex0x);
+    lm_source_close(s);
+    /* architecture of LoRAs merged without a base, from the cross-attention width */
+    const char *sd2 = tmp("sd2.safetensors");
+    lm_weighted in2 = { FIXTURE("real/sd15_lora_diffusers_bf16.safetensors"), 1.0, NULL };
+    lm_lmerge_opts o2 = LM_LMERGE_OPTS_INIT;
+    CHECK_OK(lm_lora_merge(&in2, 1, sd2, &o2, NULL, &err), &err);
+    CHECK_OK(lm_source_open(&s, sd2, NULL, &err), &err);
+    CHECK_EQ_STR(lm_source_meta_get(s, "modelspec.architecture"), "stable-diffusion-v2-512/lora");
     lm_source_close(s);
 }
 

@@ -338,6 +338,24 @@ static char *peft_from_base(const lm_source *base, const lm_model_info *info, co
     return strdup(buf);
 }
 
+/* Architecture of LoRAs without a base: a second text encoder means SDXL; else the
+ * cross-attention width (in-features of an attn2 to_k module): 768 SD1, 1024 SD2, 2048 SDXL. */
+static lm_arch guess_arch(lm_lora **loras, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        for (size_t m = 0; m < lm_lora_count(loras[i]); m++) {
+            const lm_lora_module *mod = lm_lora_module_at(loras[i], m);
+            if (mod->component == LM_COMP_TE2) return LM_ARCH_SDXL;
+            char key[544];
+            if (mod->component != LM_COMP_UNET || lmm_norm_module_name(mod, key, sizeof key)) continue;
+            size_t k = strlen(key);
+            if (k < 10 || strcmp(key + k - 10, "attn2_to_k") != 0 || mod->ndim != 2) continue;
+            return mod->shape[1] == 768 ? LM_ARCH_SD1 : mod->shape[1] == 1024 ? LM_ARCH_SD2 :
+                   mod->shape[1] == 2048 ? LM_ARCH_SDXL : LM_ARCH_UNKNOWN;
+        }
+    return LM_ARCH_UNKNOWN;
+}
+
 static lm_dtype widest_dtype(lm_lora **loras, size_t n)
 {
     int f16 = 0, bf16 = 0, f32 = 0;
@@ -528,6 +546,7 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
     }
     char title[256];
     lmm_title(out, title, sizeof title);
+    if (arch == LM_ARCH_UNKNOWN) arch = guess_arch(J.loras, n);
     if (lmm_lora_meta(&meta, lm_lora_source(J.loras[0]), &recipe, paths, arch, title, uniform > 0 ? uniform : 0)) {
         rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
         goto done;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/evp.h>
 
 static int set_tensor(lm_wtensor *t, char **store, const char *name, const char *suffix, lm_dtype dt,
                       int ndim, const int64_t *shape)
@@ -32,12 +33,23 @@ int lmm_write_lora(const char *out, const lmm_outmod *mods, size_t n, lm_lora_fo
     size_t per = fmt == LM_LFMT_KOHYA ? 3 : 2, nt = n * per;
     lm_wtensor *wt = calloc(nt ? nt : 1, sizeof *wt);
     char **names = calloc(nt ? nt : 1, sizeof *names);
-    lm_kv *kv = lmm_meta_kv(meta);
+    /* the data hashes (kohya's sshs_model_hash, ModelSpec's hash_sha256) describe this
+     * output: placeholders of the same length now, the real values before commit */
+    static const char Z[] = "0000000000000000000000000000000000000000000000000000000000000000";
+    lmm_meta m2 = { 0 };
+    int mrc = 0;
+    for (size_t i = 0; i < meta->n && !mrc; i++)
+        if (strcmp(meta->keys[i], "sshs_legacy_hash")) mrc = lmm_meta_set(&m2, meta->keys[i], meta->values[i]);
+    if (!mrc) mrc = lmm_meta_set(&m2, "sshs_model_hash", Z);
+    if (!mrc) mrc = lmm_meta_set(&m2, "modelspec.hash_sha256", "0x" "0000000000000000000000000000000000000000000000000000000000000000");
+    lm_kv *kv = mrc ? NULL : lmm_meta_kv(&m2);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (md) EVP_DigestInit_ex(md, EVP_sha256(), NULL);
     lm_writer *w = NULL;
     void *buf = NULL;
     size_t bcap = 0;
     int rc = 0;
-    if (!wt || !names || !kv) { rc = lm_err_set(err, LM_ENOMEM, out, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto out; }
+    if (!wt || !names || !kv || !md) { rc = lm_err_set(err, LM_ENOMEM, out, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto out; }
     for (size_t i = 0; i < n; i++) {
         const lmm_outmod *m = &mods[i];
         const char *name = fmt == LM_LFMT_KOHYA ? m->kohya_name : m->peft_name;
@@ -59,7 +71,7 @@ int lmm_write_lora(const char *out, const lmm_outmod *mods, size_t n, lm_lora_fo
     lm_writer_opts wo = LM_WRITER_OPTS_INIT;
     wo.inputs = inputs;
     wo.n_inputs = n_inputs;
-    if ((rc = lm_writer_open(&w, out, wt, nt, kv, meta->n, &wo, err))) goto out;
+    if ((rc = lm_writer_open(&w, out, wt, nt, kv, m2.n, &wo, err))) goto out;
     for (size_t k = 0; k < nt && !rc; k++) {
         size_t t = lm_writer_tensor_index(w, k), i = t / per, which = t % per;
         const lmm_outmod *m = &mods[i];
@@ -82,7 +94,23 @@ int lmm_write_lora(const char *out, const lmm_outmod *mods, size_t n, lm_lora_fo
                             "%lld values overflow %s: write fp32 (--dtype fp32)", (long long)ov, lm_dtype_name(dt));
             break;
         }
+        EVP_DigestUpdate(md, buf, nb);
         rc = lm_writer_write(w, buf, nb, err);
+    }
+    if (!rc) {
+        unsigned char d[32];
+        unsigned int dn = 0;
+        char hex[65], hex0x[67];
+        EVP_DigestFinal_ex(md, d, &dn);
+        for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+        snprintf(hex0x, sizeof hex0x, "0x%s", hex);
+        free(kv);
+        kv = NULL;
+        if (lmm_meta_set(&m2, "sshs_model_hash", hex) || lmm_meta_set(&m2, "modelspec.hash_sha256", hex0x) ||
+            !(kv = lmm_meta_kv(&m2)))
+            rc = lm_err_set(err, LM_ENOMEM, out, NULL, LM_ERR_NO_OFFSET, "out of memory");
+        else
+            rc = lm_writer_update_meta(w, kv, m2.n, err);
     }
     if (!rc) {
         if (bytes) {
@@ -103,5 +131,7 @@ out:
     free(wt);
     free(kv);
     free(buf);
+    lmm_meta_free(&m2);
+    EVP_MD_CTX_free(md);
     return rc;
 }
