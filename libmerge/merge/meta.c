@@ -102,9 +102,15 @@ int lmm_build_meta(lmm_meta *m, const lm_source *keep, const lm_recipe *r, const
                    lm_arch arch, int is_lora, const char *title)
 {
     int rc = 0;
+    /* hashes of the input's data describe the input, not this file: not kept */
+    static const char *const stale[] = { "modelspec.hash_sha256", "sshs_model_hash", "sshs_legacy_hash" };
     if (keep)
-        for (size_t i = 0; i < lm_source_meta_count(keep); i++)
-            set(m, lm_source_meta_key(keep, i), lm_source_meta_value(keep, i), &rc);
+        for (size_t i = 0; i < lm_source_meta_count(keep); i++) {
+            const char *k = lm_source_meta_key(keep, i);
+            int skip = 0;
+            for (size_t j = 0; j < sizeof stale / sizeof stale[0]; j++) skip |= !strcmp(k, stale[j]);
+            if (!skip) set(m, k, lm_source_meta_value(keep, i), &rc);
+        }
     if (!lmm_meta_get(m, "format")) set(m, "format", "pt", &rc);
     /* ModelSpec: architecture/implementation/resolution/prediction type describe the
      * base and survive a bake; title, date and description describe this file. */
