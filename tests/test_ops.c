@@ -84,7 +84,7 @@ static void test_conv2d_slabs(void)
 {
     /* C·9·OW large enough that the im2col runs in several slabs of rows */
     double e; int ok;
-    check_conv(1200, 6, 400, 2, 3, 1, 1, 1, 1, 1, 1, &e, &ok);
+    check_conv(2400, 6, 400, 2, 3, 1, 1, 1, 1, 1, 1, &e, &ok);
     CHECK(ok); CHECK_NEAR(e, 0, 1e-3);
 }
 static void test_conv2d_out_size(void)

@@ -5,9 +5,9 @@
 
 #include "libmerge/ops.h"
 
-/* Upper bound on the im2col slab, in floats (16 MiB): large enough for
+/* Upper bound on the im2col slab, in floats (32 MiB): large enough for
  * sgemm to run at full speed, small enough to stay off the memory peak. */
-#define SLAB_FLOATS ((size_t)4 << 20)
+#define SLAB_FLOATS ((size_t)8 << 20)
 
 int64_t lm_conv2d_out_size(int64_t in, int k, int stride, int pad_lo, int pad_hi)
 {
