@@ -47,11 +47,11 @@ run() {
 echo "bake: $(basename "$BASE") + 0.8·$(basename "$STYLE") + 1.0·$(basename "$LCM"), $(nproc) CPUs"
 run "cp BASE X && sync" sh -c "cp '$BASE' '$tmp/out.safetensors' && sync"
 cp_wall=$wall
-run "lcm-bake (fsync'd, hashes)" "$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$tmp/out.safetensors" \
-    --hash ${THREADS:+--threads "$THREADS"}
+run "lcm-bake (fsync'd, both SHA-256)" "$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$tmp/out.safetensors" \
+    ${THREADS:+--threads "$THREADS"}
 bake_wall=$wall
 bake_rss=$rss
-run "lcm-bake --threads 1" "$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$tmp/out.safetensors" --threads 1
+run "lcm-bake --no-hash" "$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$tmp/out.safetensors" --no-hash
 if [ -z "${SKIP_NUMPY:-}" ]; then
   run "numpy (bench/bake_numpy.py)" "$PY" bench/bake_numpy.py "$BASE" "$tmp/out.safetensors" "$STYLE:0.8" "$LCM:1.0"
   np_wall=$wall

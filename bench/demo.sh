@@ -43,9 +43,9 @@ echo "   $(secs "$t0" "$t1") s"
 
 echo "== 3. bake: W' = W + 0.8·ΔW(style: $(basename "$STYLE")) + 1.0·ΔW(LCM)"
 t0=$(now)
-"$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$BAKED" --hash --title "SD1.5 synthetic + style 0.8 + LCM 1.0"
+"$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$BAKED" --title "SD1.5 synthetic + style 0.8 + LCM 1.0"
 t1=$(now)
-echo "   bake took $(secs "$t0" "$t1") s (fsync'd output, SHA-256 of base and output included)"
+echo "   bake took $(secs "$t0" "$t1") s (fsync'd output; SHA-256 of the base and of the output's data included)"
 
 echo "== result"
 ls -l "$BASE" "$LCM" "$BAKED" | awk '{ printf "   %12s  %s\n", $5, $NF }'

@@ -16,7 +16,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: " PROG " BASE -l LORA[:λ] [-l LORA[:λ] …] [--lcm LORA[:λ]] -o OUT\n"
             "               [--dtype keep|fp16|bf16|fp32] [--threads N] [--json]\n"
-            "               [--allow-unmatched] [--fail-on-overflow] [--hash] [--title TEXT]\n"
+            "               [--allow-unmatched] [--fail-on-overflow] [--no-hash] [--title TEXT]\n"
             "Bakes each LoRA with weight λ (default 1; negative removes) into BASE and writes\n"
             "OUT as safetensors. See lcm-bake(1).\n");
 }
@@ -115,10 +115,12 @@ int main(int argc, char **argv)
         { "output", required_argument, NULL, 'o' }, { "dtype", required_argument, NULL, 'd' },
         { "threads", required_argument, NULL, 't' }, { "json", no_argument, NULL, 'j' },
         { "allow-unmatched", no_argument, NULL, 'u' }, { "fail-on-overflow", no_argument, NULL, 'F' },
-        { "hash", no_argument, NULL, 'H' }, { "title", required_argument, NULL, 'T' },
+        { "hash", no_argument, NULL, 'H' }, { "no-hash", no_argument, NULL, 'N' },
+        { "title", required_argument, NULL, 'T' },
         { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 }
     };
     lm_bake_opts o = LM_BAKE_OPTS_INIT;
+    o.hash_output = 1;          /* modelspec.hash_sha256 unless --no-hash */
     const char *out = NULL;
     int json = 0;
     lm_weighted *in = calloc((size_t)argc, sizeof *in);
@@ -153,6 +155,7 @@ int main(int argc, char **argv)
         case 'u': o.allow_unmatched = 1; break;
         case 'F': o.fail_on_overflow = 1; break;
         case 'H': o.hash_output = 1; break;
+        case 'N': o.hash_output = 0; break;
         case 'T': o.title = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return LM_EXIT_USAGE;

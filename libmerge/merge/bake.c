@@ -58,7 +58,9 @@ typedef struct bake {
     size_t max_numel;  /* largest updated tensor */
     void **pool;       /* window output buffers, job j uses pool[j % window] */
     int stop;
-    EVP_MD_CTX *md;    /* SHA-256 of the output's data area, or NULL */
+    EVP_MD_CTX *md;    /* SHA-256 of the output's data area (its own thread), or NULL */
+    size_t hashed;     /* update jobs hashed (SIZE_MAX without hashing) */
+    int hash_done;     /* the hash thread went through every tensor */
 } bake;
 
 static double now(void)
@@ -286,7 +288,8 @@ static void *worker(void *arg)
     for (;;) {
         if (b->stop || b->next_job >= b->njobs) break;
         size_t j = b->next_job;
-        if (j >= b->consumed + b->window) {       /* bounded lookahead: the output pool */
+        size_t low = b->consumed < b->hashed ? b->consumed : b->hashed;
+        if (j >= low + b->window) {               /* bounded lookahead: the output pool */
             pthread_cond_wait(&b->cv_space, &b->mu);
             continue;
         }
@@ -333,12 +336,75 @@ static void *hash_thread(void *arg)
     return NULL;
 }
 
+/* ---- output hash thread ----------------------------------------------------------- */
+
+/* SHA-256 of the output's data area, in file order, next to the writing: copies are hashed
+ * from the base mapping (they never pass through user space otherwise), conversions are
+ * redone in a chunk buffer (cheap, deterministic), updates are read from their pool buffer,
+ * which is not reused until hashed. */
+static void *out_hash_thread(void *arg)
+{
+    bake *b = arg;
+    size_t j = 0, chunk = 1u << 20, tcap = 0;
+    uint8_t *cbuf = malloc(chunk * 4), *tmp = NULL;
+    int ok = cbuf != NULL;
+    for (size_t t = 0; t < b->nt && ok; t++) {
+        const lm_entry *e = lm_source_entry(b->src, t);
+        if (b->mode[t] == MODE_UPDATE) {
+            pthread_mutex_lock(&b->mu);
+            while (!b->res[j].done && !b->stop) pthread_cond_wait(&b->cv_done, &b->mu);
+            ok = b->res[j].done && !b->res[j].rc && !b->stop;
+            const void *buf = b->res[j].buf;
+            size_t nb = b->res[j].nbytes;
+            pthread_mutex_unlock(&b->mu);
+            if (!ok) break;
+            EVP_DigestUpdate(b->md, buf, nb);
+            pthread_mutex_lock(&b->mu);
+            b->hashed = ++j;
+            pthread_cond_broadcast(&b->cv_space);
+            pthread_mutex_unlock(&b->mu);
+            continue;
+        }
+        if (b->stop) { ok = 0; break; }
+        const uint8_t *raw = lm_source_raw(b->src, t);
+        if (!raw) {
+            if (e->nbytes > tcap) {
+                uint8_t *nt = realloc(tmp, e->nbytes);
+                if (!nt) { ok = 0; break; }
+                tmp = nt;
+                tcap = e->nbytes;
+            }
+            if (lm_source_read(b->src, t, tmp, NULL)) { ok = 0; break; }
+            raw = tmp;
+        }
+        if (b->mode[t] == MODE_COPY) {
+            EVP_DigestUpdate(b->md, raw, e->nbytes);
+        } else {
+            size_t isz = lm_dtype_size(e->dtype), osz = lm_dtype_size(b->odt[t]);
+            for (size_t i = 0; i < (size_t)e->numel; i += chunk) {
+                size_t m = (size_t)e->numel - i < chunk ? (size_t)e->numel - i : chunk;
+                if (lm_convert(cbuf, b->odt[t], raw + i * isz, e->dtype, m) < 0) { ok = 0; break; }
+                EVP_DigestUpdate(b->md, cbuf, m * osz);
+            }
+        }
+        if (raw != tmp) release_pages(raw, e->nbytes);
+    }
+    free(cbuf);
+    free(tmp);
+    pthread_mutex_lock(&b->mu);
+    b->hash_done = ok;
+    if (!ok) b->hashed = (size_t)-1;      /* never hold the workers back */
+    pthread_cond_broadcast(&b->cv_space);
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
 /* ---- the bake ------------------------------------------------------------------- */
 
-/* Writes bytes of the output data area, hashing them when asked. */
+/* Writes bytes of the output data area (the output hash thread reads the same bytes). */
 static int emit(bake *b, lm_writer *w, const void *p, size_t n, lm_err *err)
 {
-    if (b->md) EVP_DigestUpdate(b->md, p, n);
+    (void)b;
     return lm_writer_write(w, p, n, err);
 }
 
@@ -348,11 +414,7 @@ static int write_copy(bake *b, lm_writer *w, size_t t, lm_err *err)
     const lm_entry *e = lm_source_entry(src, t);
     const void *raw = lm_source_raw(src, t);
     if (raw && lm_source_format(src) == LM_FMT_SAFETENSORS) {
-        /* copied by the kernel (copy_file_range), as cp does; hashed from the mapping */
-        if (b->md) {
-            EVP_DigestUpdate(b->md, raw, e->nbytes);
-            release_pages(raw, e->nbytes);
-        }
+        /* copied by the kernel (copy_file_range), as cp does */
         return lm_writer_copy_from(w, lm_source_path(src), e->offset, e->nbytes, err);
     }
     if (raw) {
@@ -449,7 +511,7 @@ static int run_pipeline(bake *b, lm_writer *w, const lm_bake_opts *o, lm_bake_re
             rc = emit(b, w, r->buf, r->nbytes, err);
             const void *raw = lm_source_raw(b->src, t);
             if (raw) release_pages(raw, e->nbytes);
-            r->buf = NULL;        /* a pool buffer: reused by job j + window */
+            /* r->buf is pool[j % window]: reused by job j + window once written and hashed */
             pthread_mutex_lock(&b->mu);
             b->consumed = ++j;
             pthread_cond_broadcast(&b->cv_space);
@@ -516,7 +578,8 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     lmm_meta meta = { 0 };
     lm_kv *kv = NULL;
     lm_recipe recipe = { 0 };
-    pthread_t *th = NULL, hth;
+    pthread_t *th = NULL, hth, oth;
+    int out_hash_started = 0;
     int nth = 0, hash_started = 0, mu_init = 0;
     hash_job hb, hb_final;
     memset(&hb, 0, sizeof hb);
@@ -584,6 +647,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     /* workers start now: they overlap the base hash */
     nth = lmm_threads(o.threads);
     if ((size_t)nth > b.njobs) nth = b.njobs ? (int)b.njobs : 0;
+    b.hashed = o.hash_output ? 0 : (size_t)-1;
     b.window = (size_t)nth + 1;   /* output buffers: resident memory ≈ window × largest output
                                      + workers × 2 × largest fp32 tensor */
     b.pool = calloc(b.window, sizeof *b.pool);
@@ -627,8 +691,12 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     rc = lm_writer_open(&w, out, wt, b.nt, kv, meta.n, &wo, err);
     free(wt);
     if (rc) goto stop;
-    if (o.hash_output && !(b.md = EVP_MD_CTX_new())) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto stop; }
-    if (b.md) EVP_DigestInit_ex(b.md, EVP_sha256(), NULL);
+    if (o.hash_output) {
+        if (!(b.md = EVP_MD_CTX_new())) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto stop; }
+        EVP_DigestInit_ex(b.md, EVP_sha256(), NULL);
+        if (pthread_create(&oth, NULL, out_hash_thread, &b)) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "cannot start a thread"); goto stop; }
+        out_hash_started = 1;
+    }
     double tc = now();
     rc = run_pipeline(&b, w, &o, rep, err);
     rep->seconds_compute = now() - tc;
@@ -639,6 +707,8 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         if (hb.rc) { *err = hb.err; rc = hb.rc; goto stop; }
         memcpy(rep->base_sha256, hb.hex, 65);
         char out_hex[2 + 65] = "";
+        if (out_hash_started) { pthread_join(oth, NULL); out_hash_started = 0; }
+        if (b.md && !b.hash_done) { rc = lm_err_set(err, LM_EIO, base, NULL, LM_ERR_NO_OFFSET, "cannot read the base to hash the output"); goto stop; }
         if (b.md) {
             unsigned char md[32];
             unsigned int mdn = 0;
@@ -667,7 +737,9 @@ stop:
     pthread_mutex_lock(&b.mu);
     b.stop = 1;
     pthread_cond_broadcast(&b.cv_space);
+    pthread_cond_broadcast(&b.cv_done);
     pthread_mutex_unlock(&b.mu);
+    if (out_hash_started) pthread_join(oth, NULL);
     for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
     openblas_set_num_threads(blas_threads);
 done:
