@@ -36,17 +36,27 @@ static void shape_str(const lm_entry *e, char *buf, size_t n)
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-/* Metadata values may hold newlines, JSON, base64 thumbnails: one line, cut. */
-static void print_meta_value(const char *v)
+/* Print text from a file on one line: tensor names and metadata keys and
+ * values may hold newlines, tabs or terminal escape sequences, which would
+ * break the one-line-per-entry output (--keys is tab-separated) or drive the
+ * terminal. At most max characters are shown (0: all). */
+static void print_escaped(const char *v, size_t max)
 {
-    size_t len = strlen(v), shown = 0;
-    for (const char *p = v; *p && shown < META_SHOW; p++, shown++) {
+    size_t shown = 0;
+    for (const char *p = v; *p && (!max || shown < max); p++, shown++) {
         unsigned char c = (unsigned char)*p;
         if (c == '\n') fputs("\\n", stdout);
         else if (c == '\t') fputs("\\t", stdout);
         else if (c < 0x20 || c == 0x7f) printf("\\x%02x", c);
         else putchar(c);
     }
+}
+
+/* Metadata values may hold newlines, JSON, base64 thumbnails: one line, cut. */
+static void print_meta_value(const char *v)
+{
+    size_t len = strlen(v);
+    print_escaped(v, META_SHOW);
     if (len > META_SHOW) printf("… (%zu bytes)", len);
     putchar('\n');
 }
@@ -80,7 +90,8 @@ static void print_kind(const lm_inspect *in)
 
 static void print_text(const lm_source *s, const lm_inspect *in, const lm_file_hashes *h)
 {
-    printf("%s\n", lm_source_path(s));
+    print_escaped(lm_source_path(s), 0);
+    putchar('\n');
     printf("format:      %s\n", lm_format_name(in->format));
     print_kind(in);
     printf("tensors:     %zu\n", in->tensors);
@@ -102,7 +113,9 @@ static void print_text(const lm_source *s, const lm_inspect *in, const lm_file_h
     size_t nm = lm_source_meta_count(s);
     printf("metadata:    %zu %s\n", nm, nm == 1 ? "entry" : "entries");
     for (size_t i = 0; i < nm; i++) {
-        printf("  %s: ", lm_source_meta_key(s, i));
+        fputs("  ", stdout);
+        print_escaped(lm_source_meta_key(s, i), 0);
+        fputs(": ", stdout);
         print_meta_value(lm_source_meta_value(s, i));
     }
     if (h) {
@@ -118,7 +131,11 @@ static void print_text(const lm_source *s, const lm_inspect *in, const lm_file_h
 
 static int print_keys(const lm_source *s, int with_hash, int many, lm_err *err)
 {
-    if (many) printf("==> %s <==\n", lm_source_path(s));
+    if (many) {
+        fputs("==> ", stdout);
+        print_escaped(lm_source_path(s), 0);
+        fputs(" <==\n", stdout);
+    }
     for (size_t i = 0; i < lm_source_count(s); i++) {
         const lm_entry *e = lm_source_entry(s, i);
         char shape[LM_MAX_DIMS * 24 + 4];
@@ -127,9 +144,11 @@ static int print_keys(const lm_source *s, int with_hash, int many, lm_err *err)
             uint64_t x;
             int rc = lm_hash_tensor_xxh3(s, i, &x, err);
             if (rc) return rc;
-            printf("%s\t%s\t%s\t%016llx\n", e->name, lm_dtype_name(e->dtype), shape, (unsigned long long)x);
+            print_escaped(e->name, 0);
+            printf("\t%s\t%s\t%016llx\n", lm_dtype_name(e->dtype), shape, (unsigned long long)x);
         } else {
-            printf("%s\t%s\t%s\n", e->name, lm_dtype_name(e->dtype), shape);
+            print_escaped(e->name, 0);
+            printf("\t%s\t%s\n", lm_dtype_name(e->dtype), shape);
         }
     }
     return 0;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Checks found by trying the commands as a new user with bad input: files made
+# by hand (crafted safetensors headers), output paths that alias an input, odd
+# option values. Each check names what a user would see go wrong.
+# Prints one PASS/FAIL per check; run from the repository root.
+set -u
+BIN=${BIN:-bin}
+MI="$BIN/model-inspect"
+MC="$BIN/model-convert"
+T=$(mktemp -d "${TMPDIR:-/tmp}/lm_nu.XXXXXX")
+trap 'chmod -R u+w "$T" 2>/dev/null; rm -rf "$T"' EXIT
+
+ok() { echo "PASS new_user_$1"; }
+bad() { echo "FAIL new_user_$1: $2"; }
+check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name" "$*"; fi; }
+has() { grep -qF -- "$2" <<<"$1"; }
+hasnt() { ! grep -qF -- "$2" <<<"$1"; }
+
+# mkst FILE HEADER_JSON DATA_BYTES: a safetensors file by hand (8-byte LE
+# header length, the header, then DATA_BYTES zero bytes).
+mkst() {
+  local n=${#2} i b=""
+  for i in 0 1 2 3 4 5 6 7; do b+=$(printf '\\x%02x' $(( (n >> (8 * i)) & 255 ))); done
+  { printf "$b"; printf '%s' "$2"; head -c "$3" /dev/zero; } >"$1"
+}
+
+# --- model-inspect: names from the file are printed on one line each ---
+# A tensor name holding a newline, a tab and an ESC sequence (JSON escapes in
+# the header) must not split the --keys line or reach the terminal raw.
+mkst "$T/ctl.safetensors" '{"__metadata__":{"k\ney":"v"},"a\nb\tc\u001b[31m":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}' 4
+out=$("$MI" --keys "$T/ctl.safetensors"); rc=$?
+check keys_ctl_exit [ "$rc" = 0 ]
+check keys_ctl_one_line [ "$(wc -l <<<"$out")" = 1 ]
+check keys_ctl_escaped has "$out" 'a\nb\tc\x1b[31m	F32	[1]'
+check keys_no_raw_escape [ "$(printf '%s' "$out" | tr -d -c '\033' | wc -c)" = 0 ]
+out=$("$MI" "$T/ctl.safetensors")
+check meta_key_escaped has "$out" '  k\ney: v'
