@@ -9,8 +9,20 @@
 
 int lm_cli_fail(const char *prog, const lm_err *e)
 {
-    char buf[1400];
-    fprintf(stderr, "%s: %s\n", prog, lm_err_format(e, buf, sizeof buf));
+    char buf[1400], line[4 * sizeof buf];
+    /* File names, tensor names and metadata keys come from the input and may
+     * hold newlines or terminal escapes: keep the message on one line. One
+     * write, so that lines from parallel jobs do not interleave. */
+    size_t k = 0;
+    for (const char *p = lm_err_format(e, buf, sizeof buf); *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '\n') { line[k++] = '\\'; line[k++] = 'n'; }
+        else if (c == '\t') { line[k++] = '\\'; line[k++] = 't'; }
+        else if (c < 0x20 || c == 0x7f) k += (size_t)snprintf(line + k, 5, "\\x%02x", c);
+        else line[k++] = (char)c;
+    }
+    line[k] = '\0';
+    fprintf(stderr, "%s: %s\n", prog, line);
     return lm_exit_status(e ? e->code : LM_EINTERNAL);
 }
 

@@ -35,3 +35,10 @@ check keys_ctl_escaped has "$out" 'a\nb\tc\x1b[31m	F32	[1]'
 check keys_no_raw_escape [ "$(printf '%s' "$out" | tr -d -c '\033' | wc -c)" = 0 ]
 out=$("$MI" "$T/ctl.safetensors")
 check meta_key_escaped has "$out" '  k\ney: v'
+
+# --- error messages stay on one line when a key holds control characters ---
+mkst "$T/ctlerr.safetensors" '{"x\n\u001b[31mEVIL":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}' 4
+err=$("$MI" "$T/ctlerr.safetensors" 2>&1 >/dev/null); rc=$?
+check ctl_err_exit [ "$rc" = 3 ]
+check ctl_err_one_line [ "$(wc -l <<<"$err")" = 1 ]
+check ctl_err_escaped has "$err" 'ctlerr.safetensors: x\n\x1b[31mEVIL: unknown dtype "Q9"'
