@@ -66,12 +66,12 @@ static void test_png_roundtrip_itxt(void) { roundtrip("cat \xf0\x9f\x90\xb1", "i
 static void test_png_a1111_parameters(void)
 {
     const char *names[2] = { "lcm-lora-sdv1-5", "style" };
-    const float lambdas[2] = { 1.0f, 0.5f };
+    const float lambdas[2] = { 1.0f, 0.8f };
     const char *hashes[2] = { "3d2d2c1fd5d5", "0123456789ab" };
     lm_gen_params p = { "a photo of a cat", "blurry", 4, "LCM", 1.5, 42, 512, 768, "6ce0161689",
                         "v1-5-pruned-emaonly", 2, 2, names, lambdas, hashes, "libmerge 0.1.0" };
     char *s = lm_png_a1111_parameters(&p);
-    CHECK_EQ_STR(s, "a photo of a cat <lora:lcm-lora-sdv1-5:1> <lora:style:0.5>\n"
+    CHECK_EQ_STR(s, "a photo of a cat <lora:lcm-lora-sdv1-5:1> <lora:style:0.8>\n"
                     "Negative prompt: blurry\n"
                     "Steps: 4, Sampler: LCM, CFG scale: 1.5, Seed: 42, Size: 512x768, Model hash: 6ce0161689, "
                     "Model: v1-5-pruned-emaonly, Clip skip: 2, "

@@ -270,14 +270,13 @@ static void sb_quoted(sbuf *b, const char *s)
     sb_str(b, "\"");
 }
 
-/* A number in its shortest %g form that reads back to the same double
- * ("1", "0.8", "7.5"). */
-static void sb_num(sbuf *b, double v)
+/* A float in its shortest form that reads back to the same float ("0.8"). */
+static void sb_float(sbuf *b, float v)
 {
     char t[64];
-    for (int prec = 6; prec <= 17; prec++) {
-        snprintf(t, sizeof t, "%.*g", prec, v);
-        if (strtod(t, NULL) == v) break;
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(t, sizeof t, "%.*g", prec, (double)v);
+        if (strtof(t, NULL) == v) break;
     }
     sb_str(b, t);
 }
@@ -288,7 +287,7 @@ char *lm_png_a1111_parameters(const lm_gen_params *p)
     sb_str(&b, p->prompt ? p->prompt : "");
     for (size_t i = 0; i < p->n_loras; i++) {
         sb_fmt(&b, " <lora:%s:", p->lora_names[i]);
-        sb_num(&b, p->lora_lambdas[i]);
+        sb_float(&b, p->lora_lambdas[i]);
         sb_str(&b, ">");
     }
     if (p->negative_prompt && *p->negative_prompt) {
@@ -298,7 +297,7 @@ char *lm_png_a1111_parameters(const lm_gen_params *p)
     sb_fmt(&b, "\nSteps: %d, Sampler: ", p->steps);
     sb_quoted(&b, p->sampler ? p->sampler : "LCM");
     sb_str(&b, ", CFG scale: ");
-    sb_num(&b, p->cfg_scale);
+    sb_float(&b, (float)p->cfg_scale);   /* slider values: short decimals */
     sb_fmt(&b, ", Seed: %" PRIu64 ", Size: %dx%d", p->seed, p->width, p->height);
     if (p->model_hash && *p->model_hash) { sb_str(&b, ", Model hash: "); sb_quoted(&b, p->model_hash); }
     if (p->model_name && *p->model_name) { sb_str(&b, ", Model: "); sb_quoted(&b, p->model_name); }
