@@ -54,7 +54,9 @@ typedef struct lm_writer_opts {
  * order: lm_writer_tensor_index(w, k) names the k-th tensor to write. Unless
  * opts->keep_order, that order is the reference writer's (safetensors
  * Rust `prepare`: by dtype alignment descending, then name ascending).
- * Errors: LM_EUSAGE (path is one of opts->inputs, same inode counts),
+ * Errors: LM_EUSAGE (path is one of opts->inputs, same inode counts; path
+ * is empty, an existing directory, or a device/FIFO/socket, which the rename
+ * would replace),
  * LM_EIO (cannot create the temp file), LM_EINPUT (bad name/shape). */
 int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors, size_t n,
                    const lm_kv *meta, size_t n_meta, const lm_writer_opts *opts, lm_err *err);

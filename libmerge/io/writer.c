@@ -197,6 +197,21 @@ static const char *same_as_input(const char *path, char *const *inputs, size_t n
     return NULL;
 }
 
+/* Can the file at `path` be replaced by renaming a new file over it? An
+ * existing directory cannot, and a device, FIFO or socket must not be: the
+ * rename would replace /dev/null itself (as root) by a regular file rather
+ * than write into it. A symlink is itself replaced, never followed. Returns 0
+ * or sets err (LM_EUSAGE). */
+static int check_target(const char *path, lm_err *err)
+{
+    if (!path[0]) return lm_err_set(err, LM_EUSAGE, path, NULL, LM_ERR_NO_OFFSET, "empty output path");
+    struct stat st;
+    if (lstat(path, &st) != 0 || S_ISREG(st.st_mode) || S_ISLNK(st.st_mode)) return 0;
+    return lm_err_set(err, LM_EUSAGE, path, NULL, LM_ERR_NO_OFFSET,
+                      S_ISDIR(st.st_mode) ? "is a directory: the output must be a file name"
+                                          : "is a device, FIFO or socket, not a regular file: refusing to replace it");
+}
+
 static void free_writer(lm_writer *w)
 {
     if (!w) return;
@@ -414,6 +429,7 @@ int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors,
     }
     const char *in = same_as_input(path, w->inputs, w->n_inputs);
     if (in) { rc = lm_err_set(err, LM_EUSAGE, path, NULL, LM_ERR_NO_OFFSET, "refusing to overwrite input %s", in); goto bad; }
+    if ((rc = check_target(path, err))) goto bad;
 
     w->t = calloc(n ? n : 1, sizeof *w->t);
     w->order = malloc((n ? n : 1) * sizeof *w->order);

@@ -42,3 +42,24 @@ err=$("$MI" "$T/ctlerr.safetensors" 2>&1 >/dev/null); rc=$?
 check ctl_err_exit [ "$rc" = 3 ]
 check ctl_err_one_line [ "$(wc -l <<<"$err")" = 1 ]
 check ctl_err_escaped has "$err" 'ctlerr.safetensors: x\n\x1b[31mEVIL: unknown dtype "Q9"'
+
+# --- output paths the rename must not replace ---
+# A device or FIFO at OUT used to be replaced by the renamed temporary file
+# (as root, -o /dev/null turned /dev/null into a regular file); a directory
+# failed only after the whole conversion, naming the last tensor.
+IN=fixtures/lora/hand.safetensors
+mkfifo "$T/fifo"
+"$MC" "$IN" -o "$T/fifo" 2>"$T/err"; rc=$?
+check out_fifo_refused [ "$rc" = 2 ]
+check out_fifo_kept [ -p "$T/fifo" ]
+check out_fifo_message has "$(cat "$T/err")" "fifo: is a device, FIFO or socket, not a regular file"
+mkdir "$T/d"
+"$MC" "$IN" -o "$T/d" 2>"$T/err"; rc=$?
+check out_dir_refused [ "$rc" = 2 ]
+check out_dir_message [ "$(cat "$T/err")" = "model-convert: $T/d: is a directory: the output must be a file name" ]
+"$MC" "$IN" -o "" 2>"$T/err"; rc=$?
+check out_empty_refused [ "$rc" = 2 ]
+"$BIN/lcm-bake" fixtures/golden/sd15/unet_ldm.safetensors -l fixtures/bake/lora_a_kohya.safetensors -o "$T/fifo" 2>/dev/null; rc=$?
+check bake_out_fifo_refused [ "$rc" = 2 ]
+no_temp() { [ -z "$(ls -A "$T/d")" ] && [ -z "$(ls -A "$T" | grep '^\.')" ]; }
+check no_temp_left no_temp
