@@ -130,10 +130,12 @@ int main(int argc, char **argv)
         default: usage(stderr); return LM_EXIT_USAGE;
         }
     }
-    if (optind != argc - 1 || !out) {
-        usage(stderr);
-        return LM_EXIT_USAGE;
+    if (optind != argc - 1) {
+        if (optind == argc) return lm_cli_usage_error(PROG, "no input file (see --help)");
+        return lm_cli_usage_error(PROG, "one input file only, got %d: %s %s%s (see --help)", argc - optind,
+                                  argv[optind], argv[optind + 1], argc - optind > 2 ? " …" : "");
     }
+    if (!out) return lm_cli_usage_error(PROG, "no output: give -o OUT.safetensors");
     const char *in = argv[optind];
     lm_atomic_install_signal_handlers();
     u.progress = !u.json && lm_cli_progress_enabled();

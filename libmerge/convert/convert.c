@@ -7,6 +7,7 @@
  * placeholder of the same length and filled in before commit. */
 #include "libmerge/convert.h"
 #include "libmerge/hash.h"
+#include "libmerge/lora.h"
 #include "libmerge/source.h"
 #include "libmerge/writer.h"
 
@@ -194,6 +195,10 @@ static int plan(conv *c, lm_err *err)
     c->arch = info.arch;
     if (c->arch == LM_ARCH_UNKNOWN && info.has_vae && !info.has_unet && !info.has_te && !info.has_te2)
         c->arch = LM_ARCH_SD1;   /* SD1.x, SD2.x and SDXL share the VAE's structure */
+    if ((c->from == LM_LAYOUT_UNKNOWN || c->arch == LM_ARCH_UNKNOWN) && lm_lora_detect(c->s) != LM_LORA_UNKNOWN)
+        return lm_err_set(err, LM_EUNSUPPORTED, lm_source_path(c->s), NULL, LM_ERR_NO_OFFSET,
+                          "cannot change the layout: this is a LoRA (--layout renames checkpoint tensors; "
+                          "lora-merge --format kohya|peft rewrites LoRA names)");
     if (c->from == LM_LAYOUT_UNKNOWN || c->arch == LM_ARCH_UNKNOWN)
         return lm_err_set(err, LM_EUNSUPPORTED, lm_source_path(c->s), NULL, LM_ERR_NO_OFFSET,
                           "cannot change the layout: %s", info.reason);

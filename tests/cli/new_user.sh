@@ -63,3 +63,16 @@ check out_empty_refused [ "$rc" = 2 ]
 check bake_out_fifo_refused [ "$rc" = 2 ]
 no_temp() { [ -z "$(ls -A "$T/d")" ] && [ -z "$(ls -A "$T" | grep '^\.')" ]; }
 check no_temp_left no_temp
+
+# --- model-convert command line: a one-line reason, not only the usage ---
+err=$("$MC" "$IN" 2>&1); rc=$?
+check convert_no_output [ "$rc" = 2 ] && check convert_no_output_msg [ "$err" = "model-convert: no output: give -o OUT.safetensors" ]
+err=$("$MC" "$IN" "$IN" -o "$T/x.safetensors" 2>&1); rc=$?
+check convert_two_inputs [ "$rc" = 2 ]
+check convert_two_inputs_msg has "$err" "model-convert: one input file only, got 2:"
+check convert_two_inputs_nothing [ ! -e "$T/x.safetensors" ]
+# --layout on a LoRA says so (it used to print the checkpoint detector's reason,
+# "UNet without cross-attention", for a plain SD1.5 LoRA)
+err=$("$MC" fixtures/real/sd15_lora_attnproc_noprefix.safetensors -o "$T/x.safetensors" --layout ldm 2>&1); rc=$?
+check convert_layout_lora [ "$rc" = 3 ]
+check convert_layout_lora_msg has "$err" "cannot change the layout: this is a LoRA"
