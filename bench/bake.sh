@@ -44,6 +44,7 @@ run() {
   printf '%-34s %8.2f s   peak RSS %7.0f MB\n' "$name" "$wall" "$((rss / 1024))"
 }
 
+echo "load average: $(cut -d" " -f1-3 /proc/loadavg) (other processes share these CPUs: wall times stretch)"
 echo "bake: $(basename "$BASE") + 0.8·$(basename "$STYLE") + 1.0·$(basename "$LCM"), $(nproc) CPUs"
 run "cp BASE X && sync" sh -c "cp '$BASE' '$tmp/out.safetensors' && sync"
 cp_wall=$wall
