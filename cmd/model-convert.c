@@ -22,8 +22,17 @@ static void usage(FILE *f)
 
 typedef struct ui {
     int json, progress;
+    int last_pct, on_line;      /* progress: last percentage shown, a line is open */
     cJSON *overflows, *dropped;
 } ui;
+
+/* A warning or error must not be glued to an open "\rmodel-convert:  12%" line. */
+static void end_progress_line(ui *u)
+{
+    if (u->on_line) fputc('\n', stderr);
+    u->on_line = 0;
+    u->last_pct = -1;
+}
 
 static void on_overflow(void *ctx, const char *name, int64_t count)
 {
@@ -34,6 +43,7 @@ static void on_overflow(void *ctx, const char *name, int64_t count)
         cJSON_AddNumberToObject(e, "count", (double)count);
         cJSON_AddItemToArray(u->overflows, e);
     } else {
+        end_progress_line(u);
         fprintf(stderr, PROG ": warning: %s: %lld values overflowed to infinity in the down-cast\n", name, (long long)count);
     }
 }
@@ -53,8 +63,12 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 {
     ui *u = ctx;
     if (!u->progress) return;
-    fprintf(stderr, "\r" PROG ": %3d%%", total ? (int)(100.0 * (double)done / (double)total) : 100);
-    if (done == total) fputc('\n', stderr);
+    int pct = total ? (int)(100.0 * (double)done / (double)total) : 100;
+    if (pct == u->last_pct) return;     /* one write per percent, not per tensor */
+    fprintf(stderr, "\r" PROG ": %3d%%", pct);
+    u->last_pct = pct;
+    u->on_line = 1;
+    if (done == total) end_progress_line(u);
 }
 
 static lm_dtype parse_dtype(const char *s, int *ok)
@@ -108,6 +122,7 @@ int main(int argc, char **argv)
     };
     lm_convert_opts o = LM_CONVERT_OPTS_INIT;
     ui u = { 0 };
+    u.last_pct = -1;
     const char *out = NULL;
     int c, ok;
     while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
@@ -149,9 +164,10 @@ int main(int argc, char **argv)
     lm_err err;
     lm_err_clear(&err);
     int rc = lm_model_convert(in, out, &o, &r, &err);
+    end_progress_line(&u);
     if (u.json) {
         print_json(&u, out, &r, &err, rc);
-        if (rc) { char buf[1400]; fprintf(stderr, PROG ": %s\n", lm_err_format(&err, buf, sizeof buf)); }
+        if (rc) lm_cli_fail(PROG, &err);
         return rc ? lm_exit_status(rc) : LM_EXIT_OK;
     }
     cJSON_Delete(u.overflows);

@@ -76,3 +76,16 @@ check convert_two_inputs_nothing [ ! -e "$T/x.safetensors" ]
 err=$("$MC" fixtures/real/sd15_lora_attnproc_noprefix.safetensors -o "$T/x.safetensors" --layout ldm 2>&1); rc=$?
 check convert_layout_lora [ "$rc" = 3 ]
 check convert_layout_lora_msg has "$err" "cannot change the layout: this is a LoRA"
+
+# --- progress on a terminal (script(1) gives one): one write per percent, and
+# a warning starts its own line instead of being glued to "model-convert:  6%" ---
+if command -v script >/dev/null 2>&1; then
+  tty_out=$(script -qc "$MC fixtures/bake/unet_tiny_fp16.ckpt -o $T/tty.safetensors --dtype fp32" /dev/null)
+  ncr=$(printf '%s' "$tty_out" | tr -d -c '\r' | wc -c)
+  check tty_progress_shown has "$tty_out" "model-convert: 100%"
+  check tty_progress_per_percent [ "$ncr" -le 110 ]
+  tty_out=$(script -qc "$MC fixtures/torch/sd_like.ckpt -o $T/tty.safetensors --dtype fp16" /dev/null | tr -d '\r')
+  check tty_warning_own_line grep -q '^model-convert: warning: cond_stage_model' <<<"$tty_out"
+  out=$("$MC" fixtures/torch/sd_like.ckpt -o "$T/tty.safetensors" --dtype fp16 2>&1)
+  check no_tty_no_progress hasnt "$out" "%"
+fi
