@@ -256,6 +256,14 @@ static int io_fail(lm_writer *w, lm_err *err, int e, const char *what)
     return fail(w, LM_EIO);
 }
 
+/* A failure of the file as a whole (reserving space, fsync, rename): no tensor
+ * or byte offset to name. */
+static int file_fail(lm_writer *w, lm_err *err, int e, const char *what)
+{
+    lm_err_set(err, LM_EIO, w->path, NULL, LM_ERR_NO_OFFSET, "%s: %s (temporary file removed)", what, strerror(e));
+    return fail(w, LM_EIO);
+}
+
 static int write_all(int fd, const unsigned char *p, size_t n)
 {
     while (n) {
@@ -478,7 +486,7 @@ int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors,
     if (total > (uint64_t)INT64_MAX) { free(h.p); rc = lm_err_set(err, LM_EINPUT, path, NULL, LM_ERR_NO_OFFSET, "file size overflows"); fail(w, rc); goto bad; }
     if (fallocate(w->fd, 0, 0, (off_t)total) != 0 && errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
         free(h.p);
-        rc = io_fail(w, err, errno, "cannot reserve space");
+        rc = file_fail(w, err, errno, "cannot reserve space");
         goto bad;
     }
     unsigned char le[8];
@@ -682,20 +690,20 @@ int lm_writer_commit(lm_writer *w, lm_err *err)
         goto out;
     }
     if ((rc = flush_buf(w, err))) goto out;
-    if (fsync(w->fd) != 0) { rc = io_fail(w, err, errno, "cannot fsync"); goto out; }
+    if (fsync(w->fd) != 0) { rc = file_fail(w, err, errno, "cannot fsync"); goto out; }
     mode_t mask = umask(0);
     umask(mask);
-    if (fchmod(w->fd, 0666 & ~mask) != 0) { rc = io_fail(w, err, errno, "cannot set permissions"); goto out; }
+    if (fchmod(w->fd, 0666 & ~mask) != 0) { rc = file_fail(w, err, errno, "cannot set permissions"); goto out; }
     int fd = w->fd;
     w->fd = -1;
-    if (close(fd) != 0) { rc = io_fail(w, err, errno, "cannot close"); goto out; }
+    if (close(fd) != 0) { rc = file_fail(w, err, errno, "cannot close"); goto out; }
     const char *in = same_as_input(w->path, w->inputs, w->n_inputs);  /* again: it may have appeared */
     if (in) {
         rc = lm_err_set(err, LM_EUSAGE, w->path, NULL, LM_ERR_NO_OFFSET, "refusing to overwrite input %s", in);
         fail(w, rc);
         goto out;
     }
-    if (rename(w->tmp, w->path) != 0) { rc = io_fail(w, err, errno, "cannot rename the temporary file into place"); goto out; }
+    if (rename(w->tmp, w->path) != 0) { rc = file_fail(w, err, errno, "cannot rename the temporary file into place"); goto out; }
     lm_atomic_unregister(w->tmp);
     free(w->tmp);
     w->tmp = NULL;

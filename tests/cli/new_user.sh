@@ -89,3 +89,11 @@ if command -v script >/dev/null 2>&1; then
   out=$("$MC" fixtures/torch/sd_like.ckpt -o "$T/tty.safetensors" --dtype fp16 2>&1)
   check no_tty_no_progress hasnt "$out" "%"
 fi
+
+# --- a failure of the output file as a whole names no tensor ---
+# (ulimit -f: fallocate fails with EFBIG before any tensor is written; the
+# message used to name the first tensor and a byte offset)
+err=$(bash -c 'ulimit -f 16; exec "$@"' _ "$MC" fixtures/bake/unet_tiny_fp16.ckpt -o "$T/big.safetensors" 2>&1); rc=$?
+check reserve_fail_exit [ "$rc" = 4 ]
+check reserve_fail_msg [ "$err" = "model-convert: $T/big.safetensors: cannot reserve space: File too large (temporary file removed)" ]
+check reserve_fail_nothing_left no_temp
