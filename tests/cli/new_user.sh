@@ -97,3 +97,14 @@ err=$(bash -c 'ulimit -f 16; exec "$@"' _ "$MC" fixtures/bake/unet_tiny_fp16.ckp
 check reserve_fail_exit [ "$rc" = 4 ]
 check reserve_fail_msg [ "$err" = "model-convert: $T/big.safetensors: cannot reserve space: File too large (temporary file removed)" ]
 check reserve_fail_nothing_left no_temp
+
+# --- a report that cannot be written is a failure (exit 4), not success ---
+if [ -c /dev/full ]; then
+  err=$("$MI" --json "$IN" 2>&1 >/dev/full); rc=$?
+  check inspect_stdout_full [ "$rc" = 4 ]
+  check inspect_stdout_full_msg [ "$err" = "model-inspect: standard output: write error: No space left on device" ]
+  "$MC" "$IN" -o "$T/r.safetensors" --json >/dev/full 2>/dev/null; rc=$?
+  check convert_stdout_full [ "$rc" = 4 ]
+fi
+err=$("$MI" 2>&1); rc=$?
+check inspect_no_file [ "$rc" = 2 ] && check inspect_no_file_msg [ "$err" = "model-inspect: no input file (see --help)" ]
