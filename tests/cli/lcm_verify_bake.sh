@@ -34,6 +34,11 @@ check clean_json_identical has "$out" '"identical":	677'
 # --- clean: inputs on the command line ---
 out=$("$LV" bake $T/ab16.safetensors --base $BASE -l $A:0.8 -l $B:-0.5); rc=$?
 check cmdline_exit [ "$rc" = 0 ]
+# --base alone: the LoRAs come from the recipe; --no-hash leaves hash_ok null
+out=$("$LV" bake $T/ab16.safetensors --base $BASE --search fixtures/bake --no-hash --json); rc=$?
+check base_only_exit [ "$rc" = 0 ]
+check base_only_nohash has "$out" '"hash_ok":	null'
+check base_only_loras has "$out" '"path":	"fixtures/bake/lora_b_diffusers.safetensors"'
 
 # --- a LoRA left out of the bake: B's ΔW missing ---
 "$BAKE" $BASE -l $A:0.8 --dtype fp16 -o $T/a16.safetensors >/dev/null 2>&1
