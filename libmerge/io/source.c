@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -24,8 +25,17 @@ const char *lm_format_name(lm_format f)
 int lm_detect_format(const char *path, lm_format *fmt, lm_err *err)
 {
     unsigned char b[16] = {0};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever;
+     * only regular files can be mapped, so anything else is refused here. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "cannot open: %s", strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        int dir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+        close(fd);
+        return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET,
+                          dir ? "is a directory, not a model file" : "not a regular file (a FIFO, device or socket?)");
+    }
     ssize_t got = read(fd, b, sizeof b);
     int saved = errno;
     close(fd);

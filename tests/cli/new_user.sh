@@ -108,3 +108,15 @@ if [ -c /dev/full ]; then
 fi
 err=$("$MI" 2>&1); rc=$?
 check inspect_no_file [ "$rc" = 2 ] && check inspect_no_file_msg [ "$err" = "model-inspect: no input file (see --help)" ]
+
+# --- a FIFO or a directory given as input: refused at once, no wait ---
+# (opening a FIFO without a writer used to block forever)
+timeout 20 "$MI" "$T/fifo" 2>"$T/err"; rc=$?
+check input_fifo_inspect [ "$rc" = 4 ]
+check input_fifo_msg [ "$(cat "$T/err")" = "model-inspect: $T/fifo: not a regular file (a FIFO, device or socket?)" ]
+timeout 20 "$MI" --hash "$T/fifo" 2>/dev/null; rc=$?
+check input_fifo_hash [ "$rc" = 4 ]
+timeout 20 "$MC" "$T/fifo" -o "$T/x.safetensors" 2>/dev/null; rc=$?
+check input_fifo_convert [ "$rc" = 4 ]
+err=$("$MI" "$T/d" 2>&1); rc=$?
+check input_dir [ "$rc" = 4 ] && check input_dir_msg [ "$err" = "model-inspect: $T/d: is a directory, not a model file" ]
