@@ -22,6 +22,13 @@ static void usage(FILE *f)
             "See lora-merge(1).\n");
 }
 
+static void progress(void *ctx, const char *what, size_t done, size_t total)
+{
+    (void)ctx;
+    if (done == total || done % 8 == 0) fprintf(stderr, "\r%s: %s %zu/%zu", PROG, what, done, total);
+    if (done == total) fputc('\n', stderr);
+}
+
 static lm_dtype parse_dtype(const char *s, int *ok)
 {
     *ok = 1;
@@ -145,6 +152,7 @@ int main(int argc, char **argv)
     if (!extract && argc - optind < 1) return lm_cli_usage_error(PROG, "no input LoRA");
     lm_atomic_install_signal_handlers();
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    if (!json && lm_cli_progress_enabled()) o.progress = progress;
     lm_lmerge_report r;
     lm_err err;
     lm_err_clear(&err);

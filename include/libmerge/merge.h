@@ -129,12 +129,11 @@ typedef struct lm_lmerge_opts {
     int threads;              /* 0: one per online CPU */
     const char *base;         /* optional: match modules by their target in this checkpoint
                                  (key map) instead of by normalised name */
-    double conv_rank_ratio;   /* unused, 0 */
     lm_progress_fn progress;
     void *progress_ctx;
 } lm_lmerge_opts;
 #define LM_LMERGE_OPTS_VERSION 1
-#define LM_LMERGE_OPTS_INIT { LM_LMERGE_OPTS_VERSION, 0, LM_LFMT_KOHYA, LM_DT_INVALID, 0, NULL, 0, NULL, NULL }
+#define LM_LMERGE_OPTS_INIT { LM_LMERGE_OPTS_VERSION, 0, LM_LFMT_KOHYA, LM_DT_INVALID, 0, NULL, NULL, NULL }
 
 typedef struct lm_lmerge_module {
     char *name;               /* output module name (kohya or peft spelling) */
@@ -166,8 +165,10 @@ typedef struct lm_lmerge_report {
  * c_i = λ_i·alpha_i/rank_i, alpha = Σ rank_i (scale 1), so up·down = Σ λ_i·ΔW_i in exact
  * arithmetic (fp32 folding; one rounding per factor element to out_dtype). Plain LoRA
  * modules only (LoHa/LoKr/Tucker/full/DoRA: LM_EUNSUPPORTED naming the module, use a rank).
- * rank R > 0: ΔW = Σ λ_i ΔW_i (any module kind but DoRA) is factorised with LAPACKE
- * sgesdd, up = U_R·Σ_R, down = V_Rᵀ, alpha = R; conv k×k as LoCon does: ΔW reshaped to
+ * rank R > 0: ΔW = Σ λ_i ΔW_i (any module kind but DoRA) is factorised by a truncated
+ * SVD, up = U_R·Σ_R, down = V_Rᵀ, alpha = R: exactly through the thin QR of the
+ * concatenated factors when every input module is plain up·down, else on the dense ΔW
+ * (LAPACKE sgesdd, or a randomised SVD when R + 16 ≤ min(out, in·k·k)/4); conv k×k as LoCon does: ΔW reshaped to
  * [out, in·k·k], down [R, in, k, k], up [out, R, 1, 1]. R larger than min(out, in·k·k) is
  * clipped for that module. Errors: LM_EMISMATCH (same module, different shapes; different
  * architectures), LM_EUNSUPPORTED, LM_EUSAGE (out is an input), LM_EIO, LM_ENOMEM. */

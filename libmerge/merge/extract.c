@@ -27,9 +27,11 @@ typedef struct xmod {
 typedef struct xjob {
     const lm_source *base, *tuned;
     xmod *m;
-    size_t n, next;
+    size_t n, next, done;
     int rank;
     pthread_mutex_t mu;
+    lm_progress_fn progress;
+    void *progress_ctx;
     int rc;
     lm_err err;
 } xjob;
@@ -138,12 +140,14 @@ static void *worker(void *arg)
         lm_err e;
         lm_err_clear(&e);
         int rc = extract_one(J, &J->m[i], &e);
+        pthread_mutex_lock(&J->mu);
         if (rc) {
             lm_err_key(&e, lm_source_entry(J->base, J->m[i].bt)->name);
-            pthread_mutex_lock(&J->mu);
             if (!J->rc) { J->rc = rc; J->err = e; }
-            pthread_mutex_unlock(&J->mu);
+        } else if (J->progress) {
+            J->progress(J->progress_ctx, "modules", ++J->done, J->n);
         }
+        pthread_mutex_unlock(&J->mu);
     }
     return NULL;
 }
@@ -219,6 +223,8 @@ int lm_lora_extract(const char *base, const char *tuned, const char *out,
     J.base = bs;
     J.tuned = ts;
     J.rank = o.rank;
+    J.progress = o.progress;
+    J.progress_ctx = o.progress_ctx;
     pthread_mutex_init(&J.mu, NULL);
     int nth = lmm_threads(o.threads), started = 0;
     if ((size_t)nth > J.n) nth = J.n ? (int)J.n : 1;

@@ -91,10 +91,12 @@ typedef struct job {
     group *g;
     size_t ng;
     int rank;
-    size_t next;
+    size_t next, done;
     pthread_mutex_t mu;
     int rc;
     lm_err err;
+    lm_progress_fn progress;
+    void *progress_ctx;
 } job;
 
 static int cmp_entry(const void *a, const void *b)
@@ -256,12 +258,14 @@ static void *worker(void *arg)
         lm_err e;
         lm_err_clear(&e);
         int rc = compute_group(J, &J->g[i], &e);
+        pthread_mutex_lock(&J->mu);
         if (rc) {
             lm_err_key(&e, J->g[i].key);
-            pthread_mutex_lock(&J->mu);
             if (!J->rc) { J->rc = rc; J->err = e; }
-            pthread_mutex_unlock(&J->mu);
+        } else if (J->progress) {
+            J->progress(J->progress_ctx, "modules", ++J->done, J->ng);
         }
+        pthread_mutex_unlock(&J->mu);
     }
     return NULL;
 }
@@ -431,6 +435,8 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
     memset(&J, 0, sizeof J);
     J.in = inputs;
     J.rank = o.rank;
+    J.progress = o.progress;
+    J.progress_ctx = o.progress_ctx;
     J.loras = calloc(n, sizeof *J.loras);
     entry *ents = NULL;
     size_t ne = 0;
