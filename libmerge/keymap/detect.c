@@ -19,6 +19,7 @@
 
 typedef struct feats {
     size_t n_ldm, n_dif;
+    size_t n_vae_bare, n_vae_bare_ldm;   /* bare encoder./decoder./quant_conv. names; of them LDM-only */
     int unet, vae, te, te2;
     int label, mid_attn, proj_ndim;
     int max_block;          /* LDM input_blocks index or diffusers down_blocks index, -1 none */
@@ -69,12 +70,25 @@ static void scan(const lm_source *s, feats *f)
             else te_name(f, part, r, e);
             continue;
         }
+        const char *bare = r;
         part = lm_diffusers_part(r, &r);
         if (part == LM_PART_NONE) continue;   /* schedule buffers, model_ema.*, … */
         f->n_dif++;
+        if (part == LM_PART_VAE && r == bare) {
+            f->n_vae_bare++;
+            if (km_vae_bare_is_ldm(bare)) f->n_vae_bare_ldm++;
+        }
         if (part == LM_PART_UNET) unet_name(f, r, e, 0);
         else if (part == LM_PART_VAE) f->vae = 1;
         else te_name(f, part, r, e);
+    }
+    /* A standalone VAE in the LDM layout (vae-ft-mse-840000-ema-pruned,
+     * sdxl_vae) has bare names, encoder.down.0.block.0…, that only the LDM
+     * layout spells that way: when every name is such a bare VAE name and
+     * some are LDM-only, the file is LDM. */
+    if (f->n_vae_bare_ldm && f->n_vae_bare == f->n_dif && !f->n_ldm) {
+        f->n_ldm = f->n_dif;
+        f->n_dif = 0;
     }
     /* a bare single-encoder file of width 1280 is SDXL's second encoder */
     if (f->te && !f->te2 && f->te_width == 1280) { f->te = 0; f->te2 = 1; f->te2_width = 1280; f->te_width = 0; }

@@ -49,6 +49,9 @@ int km_unet_to_diffusers(const km_unet_struct *u, const char *r, km_buf *o);
 int km_unet_to_ldm(const km_unet_struct *u, const char *r, km_buf *o);
 int km_vae_to_diffusers(const char *r, km_buf *o, int *reshape);
 int km_vae_to_ldm(const char *r, km_buf *o, int *reshape);
+/* Is a bare VAE name (no first_stage_model./vae. prefix) spelled as only the
+ * LDM layout spells it (encoder.down.N., decoder.up.N., .mid., .norm_out.)? */
+int km_vae_bare_is_ldm(const char *name);
 int km_openclip_to_hf(const char *r, km_buf *o, int *reshape);
 int km_hf_to_openclip(const char *r, km_buf *o, int *reshape);
 

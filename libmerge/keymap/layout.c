@@ -95,6 +95,11 @@ static int to_diffusers(lm_arch arch, const char *name, km_buf *o, int *reshape)
     const char *r = name;
     if (km_lit(&r, "model.diffusion_model.")) { km_put(o, "unet."); return km_unet_to_diffusers(u, r, o); }
     if (km_lit(&r, "first_stage_model.")) { km_put(o, "vae."); return km_vae_to_diffusers(r, o, reshape); }
+    /* a standalone LDM VAE names its tensors without first_stage_model. */
+    if (lm_ldm_part(name) == LM_PART_NONE && lm_diffusers_part(name, NULL) == LM_PART_VAE) {
+        km_put(o, "vae.");
+        return km_vae_to_diffusers(name, o, reshape);
+    }
     for (lm_part part = LM_PART_TE; part <= LM_PART_TE2; part++) {
         int openclip;
         const char *pre = ldm_te_prefix(arch, part, &openclip);

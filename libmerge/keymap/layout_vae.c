@@ -133,3 +133,10 @@ int km_vae_to_ldm(const char *p, km_buf *o, int *reshape)
     }
     return LM_EINPUT;
 }
+
+int km_vae_bare_is_ldm(const char *name)
+{
+    const char *p = name;
+    if (!km_lit(&p, "encoder.") && !km_lit(&p, "decoder.")) return 0;
+    return km_lit(&p, "down.") || km_lit(&p, "up.") || km_lit(&p, "mid.") || km_lit(&p, "norm_out.");
+}

@@ -120,3 +120,24 @@ timeout 20 "$MC" "$T/fifo" -o "$T/x.safetensors" 2>/dev/null; rc=$?
 check input_fifo_convert [ "$rc" = 4 ]
 err=$("$MI" "$T/d" 2>&1); rc=$?
 check input_dir [ "$rc" = 4 ] && check input_dir_msg [ "$err" = "model-inspect: $T/d: is a directory, not a model file" ]
+
+# --- a standalone LDM VAE (bare names, as vae-ft-mse-840000-ema-pruned and
+# sdxl_vae ship) converts to diffusers' layout: it used to be taken for a
+# diffusers file and written unchanged ("layout diffusers -> diffusers") ---
+PY=/usr/bin/python3; [ -x "$PY" ] || PY=$(command -v python3 || true)
+if [ -n "$PY" ]; then
+  "$PY" - "$T/vae_bare.safetensors" <<'PYEOF'
+import json, struct, sys
+b = open("fixtures/golden/sd15/vae_ldm.safetensors", "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+h = {(k[len("first_stage_model."):] if k.startswith("first_stage_model.") else k): v for k, v in h.items()}
+hb = json.dumps(h).encode()
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+PYEOF
+  out=$("$MC" "$T/vae_bare.safetensors" -o "$T/vae_d.safetensors" --layout diffusers 2>&1); rc=$?
+  check bare_vae_convert [ "$rc" = 0 ]
+  check bare_vae_layout has "$out" "layout ldm -> diffusers"
+  # same names, shapes and bytes as the diffusers golden (attention 1x1 -> linear)
+  check bare_vae_keys [ "$("$MI" --keys --hash "$T/vae_d.safetensors")" = "$("$MI" --keys --hash fixtures/golden/sd15/vae_diffusers.safetensors)" ]
+fi
