@@ -8,396 +8,16 @@
  * call (openblas_set_num_threads(1)) so workers × BLAS threads never exceed the workers.
  * Base pages are released (madvise DONTNEED) once written, so resident memory stays about
  * the window, not the model. The base's SHA-256 for the recipe is computed by its own
- * thread, overlapping the planning and the first updates. */
-#include "merge_impl.h"
+ * thread, overlapping the planning and the first updates; the output's data hash by
+ * another, next to the writes. Files: bake_plan.c, bake_worker.c, bake_hash.c. */
+#include "bake_impl.h"
 #include "meta.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
 #include <cblas.h>
-#include <openssl/evp.h>
-
-typedef struct upd {
-    int lora;          /* index into the LoRA list */
-    size_t mod;        /* module index in that LoRA */
-    int64_t row0, rows;
-    int bias;          /* 1: .diff_b onto this (bias) tensor */
-    int dora;          /* applied after the plain modules */
-} upd;
-
-enum { MODE_COPY = 0, MODE_CONVERT, MODE_UPDATE };
-
-typedef struct result {
-    void *buf;
-    size_t nbytes;
-    int64_t overflow;
-    int done, rc;
-    lm_err err;
-} result;
-
-typedef struct bake {
-    const lm_source *src;
-    lm_lora **loras;
-    const lm_weighted *in;
-    size_t nl, nt;
-    size_t *uoff;      /* nt + 1: updates of tensor t are upds[uoff[t] .. uoff[t+1]) */
-    upd *upds;
-    lm_dtype *odt;
-    int *mode;
-    size_t *jobs, njobs;
-    result *res;
-    pthread_mutex_t mu;
-    pthread_cond_t cv_done, cv_space;
-    size_t next_job, consumed, window;
-    size_t max_numel;  /* largest updated tensor */
-    void **pool;       /* window output buffers, job j uses pool[j % window] */
-    int stop;
-    EVP_MD_CTX *md;    /* SHA-256 of the output's data area (its own thread), or NULL */
-    size_t hashed;     /* update jobs hashed (SIZE_MAX without hashing) */
-    int hash_done;     /* the hash thread went through every tensor */
-} bake;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* ---- planning ------------------------------------------------------------------ */
-
-static int cmp_upd(const void *a, const void *b)
-{
-    const upd *x = a, *y = b;
-    if (x->dora != y->dora) return x->dora - y->dora;
-    if (x->lora != y->lora) return x->lora - y->lora;
-    return x->mod < y->mod ? -1 : x->mod > y->mod;
-}
-
-static int64_t prod_from(const int64_t *s, int from, int n)
-{
-    int64_t p = 1;
-    for (int d = from; d < n; d++) p *= s[d];
-    return p;
-}
-
-static void shape_str(const int64_t *s, int n, char *out, size_t cap)
-{
-    size_t len = (size_t)snprintf(out, cap, "[");
-    for (int d = 0; d < n && len < cap; d++) len += (size_t)snprintf(out + len, cap - len, "%s%lld", d ? ", " : "", (long long)s[d]);
-    if (len < cap) snprintf(out + len, cap - len, "]");
-}
-
-/* Checks that module m's ΔW fits rows × prod(wshape[1:]) of its target. */
-static int check_fit(const lm_lora_module *m, const lm_entry *e, const lm_target *t, const char *lpath, lm_err *err)
-{
-    if (!lm_dtype_is_float(e->dtype))
-        return lm_err_set(err, LM_EMISMATCH, lpath, m->name, LM_ERR_NO_OFFSET,
-                          "target %s has dtype %s, not a float", e->name, lm_dtype_name(e->dtype));
-    int64_t need = t->rows * (e->ndim > 1 ? prod_from(e->shape, 1, e->ndim) : 1);
-    int64_t have = prod_from(m->shape, 0, m->ndim);
-    if (t->row0 < 0 || t->rows <= 0 || e->ndim < 1 || t->row0 + t->rows > e->shape[0] || need != have) {
-        char a[96], b[96];
-        shape_str(m->shape, m->ndim, a, sizeof a);
-        shape_str(e->shape, e->ndim, b, sizeof b);
-        return lm_err_set(err, LM_EMISMATCH, lpath, m->name, LM_ERR_NO_OFFSET,
-                          "ΔW %s does not fit %s %s (rows %lld..%lld): a LoRA for another architecture?",
-                          a, e->name, b, (long long)t->row0, (long long)(t->row0 + t->rows));
-    }
-    return 0;
-}
-
-static int plan(bake *b, const lm_keymap *km, const lm_bake_opts *o, lm_bake_report *rep, lm_err *err)
-{
-    size_t cap = 0, n = 0;
-    upd *all = NULL;
-    size_t *tgt = NULL;          /* tensor of each update */
-    int rc = 0;
-    for (size_t j = 0; j < b->nl && !rc; j++) {
-        lm_lora *l = b->loras[j];
-        const char *lpath = b->in[j].path;
-        size_t nm = lm_lora_count(l), nun = 0;
-        lm_target *targets = calloc(nm ? nm : 1, sizeof *targets);
-        if (!targets) { rc = lm_err_set(err, LM_ENOMEM, lpath, NULL, LM_ERR_NO_OFFSET, "out of memory"); break; }
-        rc = lm_keymap_resolve(km, l, o->allow_unmatched, targets, &nun, err);
-        if (rc) { lm_err_file(err, lpath); free(targets); break; }
-        lm_bake_lora_report *lr = &rep->loras[j];
-        lr->modules = nm;
-        lr->unmatched = nun;
-        lr->convention = lm_lora_convention_name(lm_lora_convention_of(l));
-        for (size_t i = 0; i < nm && !rc; i++) {
-            const lm_lora_module *m = lm_lora_module_at(l, i);
-            if (targets[i].tensor < 0) continue;
-            lr->matched++;
-            if (m->has_dora) lr->dora++;
-            const lm_entry *e = lm_source_entry(b->src, (size_t)targets[i].tensor);
-            if ((rc = check_fit(m, e, &targets[i], lpath, err))) break;
-            for (int pass = 0; pass < 1 + (m->has_bias != 0); pass++) {
-                size_t t = (size_t)targets[i].tensor;
-                if (pass == 1) {
-                    if (targets[i].bias < 0) {
-                        if (o->allow_unmatched) continue;
-                        rc = lm_err_set(err, LM_EMISMATCH, lpath, m->name, LM_ERR_NO_OFFSET,
-                                        "module has a bias update (diff_b) but %s has no bias", e->name);
-                        break;
-                    }
-                    t = (size_t)targets[i].bias;
-                    const lm_entry *be = lm_source_entry(b->src, t);
-                    if (!lm_dtype_is_float(be->dtype) || be->numel != targets[i].rows * (int64_t)(be->numel / be->shape[0])) {
-                        rc = lm_err_set(err, LM_EMISMATCH, lpath, m->name, LM_ERR_NO_OFFSET,
-                                        "bias update does not fit %s", be->name);
-                        break;
-                    }
-                }
-                if (n == cap) {
-                    cap = cap ? 2 * cap : 256;
-                    upd *na = realloc(all, cap * sizeof *na);
-                    size_t *nt = realloc(tgt, cap * sizeof *nt);
-                    if (na) all = na;
-                    if (nt) tgt = nt;
-                    if (!na || !nt) { rc = lm_err_set(err, LM_ENOMEM, lpath, NULL, LM_ERR_NO_OFFSET, "out of memory"); break; }
-                }
-                all[n] = (upd){ (int)j, i, targets[i].row0, targets[i].rows, pass == 1, m->has_dora && pass == 0 };
-                tgt[n++] = t;
-            }
-        }
-        free(targets);
-    }
-    if (!rc) {
-        b->uoff = calloc(b->nt + 1, sizeof *b->uoff);
-        b->upds = malloc((n ? n : 1) * sizeof *b->upds);
-        if (!b->uoff || !b->upds) rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
-    }
-    if (!rc) {
-        for (size_t k = 0; k < n; k++) b->uoff[tgt[k] + 1]++;
-        for (size_t t = 0; t < b->nt; t++) b->uoff[t + 1] += b->uoff[t];
-        size_t *fill = calloc(b->nt ? b->nt : 1, sizeof *fill);
-        if (!fill) rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
-        for (size_t k = 0; !rc && k < n; k++) b->upds[b->uoff[tgt[k]] + fill[tgt[k]]++] = all[k];
-        free(fill);
-        for (size_t t = 0; !rc && t < b->nt; t++)
-            qsort(b->upds + b->uoff[t], b->uoff[t + 1] - b->uoff[t], sizeof *b->upds, cmp_upd);
-    }
-    free(all);
-    free(tgt);
-    return rc;
-}
-
-/* ---- workers ------------------------------------------------------------------- */
-
-/* Per-worker buffers: W sized once for the largest updated tensor; ΔW (only for modules
- * that are not plain up·down) and the factors grow as needed and are kept, so the steady
- * state allocates nothing (no page faults on fresh memory per tensor). */
-#define release_pages lmm_release_pages
-
-typedef struct wbuf {
-    float *W, *dw, *up, *down;
-    size_t dwcap, upcap, downcap;
-} wbuf;
-
-static int grow(float **p, size_t *cap, size_t n)
-{
-    if (n <= *cap) return 0;
-    float *q = realloc(*p, n * sizeof *q);
-    if (!q) return LM_ENOMEM;
-    *p = q;
-    *cap = n;
-    return 0;
-}
-
-/* Reads a LoRA factor as fp32 and releases its pages: each factor is used once. */
-static int read_factor(const lm_source *ls, int64_t e, float *dst, lm_err *err)
-{
-    int rc = lm_source_read_f32(ls, (size_t)e, dst, err);
-    const void *raw = lm_source_raw(ls, (size_t)e);
-    if (raw) release_pages(raw, lm_source_entry(ls, (size_t)e)->nbytes);
-    return rc;
-}
-
-/* W[rows] += λ·scale·up·down in one sgemm (beta 1) for a plain up·down module whose
- * factors flatten to [rows, r] and [r, per]; returns 1 when the module is not one. */
-static int add_plain(const lm_lora *l, size_t mod, float lam, float *W, int64_t rows, int64_t per, wbuf *wb, lm_err *err)
-{
-    const lm_lora_module *m = lm_lora_module_at(l, mod);
-    if (m->kind != LM_MOD_LORA || m->has_dora || m->rank <= 0) return 1;
-    const lm_source *ls = lm_lora_source(l);
-    int64_t eu = lm_lora_factor_entry(l, mod, LM_FAC_UP), ed = lm_lora_factor_entry(l, mod, LM_FAC_DOWN);
-    if (eu < 0 || ed < 0) return 1;
-    int64_t r = m->rank;
-    if (lm_source_entry(ls, (size_t)eu)->numel != rows * r || lm_source_entry(ls, (size_t)ed)->numel != r * per) return 1;
-    if (grow(&wb->up, &wb->upcap, (size_t)(rows * r)) || grow(&wb->down, &wb->downcap, (size_t)(r * per)))
-        return lm_err_set(err, LM_ENOMEM, NULL, m->name, LM_ERR_NO_OFFSET, "out of memory");
-    int rc = read_factor(ls, eu, wb->up, err);
-    if (!rc) rc = read_factor(ls, ed, wb->down, err);
-    if (rc) return rc;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)per, (int)r, lam * m->scale,
-                wb->up, (int)r, wb->down, (int)per, 1.0f, W, (int)per);
-    return 0;
-}
-
-/* Computes updated tensor t into out (b->odt[t] elements): W read as fp32; plain modules
- * added as W[rows] += λ·scale·up·down (sgemm, beta 1); other kinds through lm_lora_delta
- * and saxpy; bias updates; then the DoRA modules one at a time through lm_lora_apply;
- * then one rounding. */
-static int compute(bake *b, size_t t, wbuf *wb, void *out, result *r)
-{
-    const lm_entry *e = lm_source_entry(b->src, t);
-    size_t n = (size_t)e->numel;
-    float *W = wb->W;
-    int rc = lm_source_read_f32(b->src, t, W, &r->err);
-    if (rc) return rc;
-    int64_t per = e->ndim > 1 ? e->numel / e->shape[0] : 1;
-    for (size_t k = b->uoff[t]; k < b->uoff[t + 1] && !rc; k++) {
-        const upd *u = &b->upds[k];
-        const lm_lora *l = b->loras[u->lora];
-        float lam = (float)b->in[u->lora].lambda;
-        if (u->dora) {
-            rc = lm_lora_apply(l, u->mod, lam, W, e->shape, e->ndim, u->row0, u->rows, &r->err);
-        } else if (!u->bias && (rc = add_plain(l, u->mod, lam, W + u->row0 * per, u->rows, per, wb, &r->err)) != 1) {
-            /* done (rc 0) or failed */
-        } else {
-            if (grow(&wb->dw, &wb->dwcap, (size_t)(u->rows * per)))
-                rc = lm_err_set(&r->err, LM_ENOMEM, NULL, e->name, LM_ERR_NO_OFFSET, "out of memory");
-            else
-                rc = u->bias ? lm_lora_delta_bias(l, u->mod, wb->dw, &r->err) : lm_lora_delta(l, u->mod, wb->dw, &r->err);
-            if (!rc) cblas_saxpy((int)(u->rows * per), lam, wb->dw, 1, W + u->row0 * per, 1);
-        }
-        if (rc) { lm_err_file(&r->err, b->in[u->lora].path); lm_err_key(&r->err, lm_lora_module_at(l, u->mod)->name); }
-    }
-    if (rc) return rc;
-    int64_t ov = lm_convert_from_f32(out, b->odt[t], W, n);
-    if (ov < 0) return lm_err_set(&r->err, (int)ov, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET,
-                                  "cannot store %s", lm_dtype_name(b->odt[t]));
-    r->buf = out;
-    r->nbytes = n * lm_dtype_size(b->odt[t]);
-    r->overflow = ov;
-    return 0;
-}
-
-static void *worker(void *arg)
-{
-    bake *b = arg;
-    wbuf wb = { malloc(b->max_numel * sizeof(float)), NULL, NULL, NULL, 0, 0, 0 };
-    pthread_mutex_lock(&b->mu);
-    for (;;) {
-        if (b->stop || b->next_job >= b->njobs) break;
-        size_t j = b->next_job;
-        size_t low = b->consumed < b->hashed ? b->consumed : b->hashed;
-        if (j >= low + b->window) {               /* bounded lookahead: the output pool */
-            pthread_cond_wait(&b->cv_space, &b->mu);
-            continue;
-        }
-        b->next_job++;
-        pthread_mutex_unlock(&b->mu);
-        result r;
-        memset(&r, 0, sizeof r);
-        void *out = b->pool[j % b->window];
-        if (!wb.W || !out)
-            r.rc = lm_err_set(&r.err, LM_ENOMEM, lm_source_path(b->src), NULL, LM_ERR_NO_OFFSET, "out of memory");
-        else
-            r.rc = compute(b, b->jobs[j], &wb, out, &r);
-        pthread_mutex_lock(&b->mu);
-        b->res[j] = r;
-        b->res[j].done = 1;
-        pthread_cond_broadcast(&b->cv_done);
-    }
-    pthread_mutex_unlock(&b->mu);
-    free(wb.W);
-    free(wb.dw);
-    free(wb.up);
-    free(wb.down);
-    return NULL;
-}
-
-/* ---- base hash thread ------------------------------------------------------------ */
-
-typedef struct hash_job {
-    const char *path;
-    char hex[65];
-    uint64_t bytes;
-    int rc;
-    lm_err err;
-    double seconds;
-    volatile int cancel;
-} hash_job;
-
-static void *hash_thread(void *arg)
-{
-    hash_job *h = arg;
-    double t0 = now();
-    h->rc = lmm_sha256_file_cancel(h->path, h->hex, &h->bytes, &h->cancel, &h->err);
-    h->seconds = now() - t0;
-    return NULL;
-}
-
-/* ---- output hash thread ----------------------------------------------------------- */
-
-/* SHA-256 of the output's data area, in file order, next to the writing: copies are hashed
- * from the base mapping (they never pass through user space otherwise), conversions are
- * redone in a chunk buffer (cheap, deterministic), updates are read from their pool buffer,
- * which is not reused until hashed. */
-static void *out_hash_thread(void *arg)
-{
-    bake *b = arg;
-    size_t j = 0, chunk = 1u << 20, tcap = 0;
-    uint8_t *cbuf = malloc(chunk * 4), *tmp = NULL;
-    int ok = cbuf != NULL;
-    for (size_t t = 0; t < b->nt && ok; t++) {
-        const lm_entry *e = lm_source_entry(b->src, t);
-        if (b->mode[t] == MODE_UPDATE) {
-            pthread_mutex_lock(&b->mu);
-            while (!b->res[j].done && !b->stop) pthread_cond_wait(&b->cv_done, &b->mu);
-            ok = b->res[j].done && !b->res[j].rc && !b->stop;
-            const void *buf = b->res[j].buf;
-            size_t nb = b->res[j].nbytes;
-            pthread_mutex_unlock(&b->mu);
-            if (!ok) break;
-            EVP_DigestUpdate(b->md, buf, nb);
-            pthread_mutex_lock(&b->mu);
-            b->hashed = ++j;
-            pthread_cond_broadcast(&b->cv_space);
-            pthread_mutex_unlock(&b->mu);
-            continue;
-        }
-        if (b->stop) { ok = 0; break; }
-        const uint8_t *raw = lm_source_raw(b->src, t);
-        if (!raw) {
-            if (e->nbytes > tcap) {
-                uint8_t *nt = realloc(tmp, e->nbytes);
-                if (!nt) { ok = 0; break; }
-                tmp = nt;
-                tcap = e->nbytes;
-            }
-            if (lm_source_read(b->src, t, tmp, NULL)) { ok = 0; break; }
-            raw = tmp;
-        }
-        if (b->mode[t] == MODE_COPY) {
-            EVP_DigestUpdate(b->md, raw, e->nbytes);
-        } else {
-            size_t isz = lm_dtype_size(e->dtype), osz = lm_dtype_size(b->odt[t]);
-            for (size_t i = 0; i < (size_t)e->numel; i += chunk) {
-                size_t m = (size_t)e->numel - i < chunk ? (size_t)e->numel - i : chunk;
-                if (lm_convert(cbuf, b->odt[t], raw + i * isz, e->dtype, m) < 0) { ok = 0; break; }
-                EVP_DigestUpdate(b->md, cbuf, m * osz);
-            }
-        }
-        if (raw != tmp) release_pages(raw, e->nbytes);
-    }
-    free(cbuf);
-    free(tmp);
-    pthread_mutex_lock(&b->mu);
-    b->hash_done = ok;
-    if (!ok) b->hashed = (size_t)-1;      /* never hold the workers back */
-    pthread_cond_broadcast(&b->cv_space);
-    pthread_mutex_unlock(&b->mu);
-    return NULL;
-}
 
 /* ---- the bake ------------------------------------------------------------------- */
 
@@ -562,7 +182,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     if (opts) o = *opts;
     lm_bake_report rep_local, *rep = report ? report : &rep_local;
     memset(rep, 0, sizeof *rep);
-    double t0 = now();
+    double t0 = lmb_now();
     int rc = 0;
     if (o.out_dtype != LM_DT_INVALID && o.out_dtype != LM_DT_F16 && o.out_dtype != LM_DT_BF16 && o.out_dtype != LM_DT_F32)
         return lm_err_set(err, LM_EUSAGE, out, NULL, LM_ERR_NO_OFFSET, "output dtype must be keep, F16, BF16 or F32");
@@ -590,8 +210,8 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     if ((rc = lmm_check_output(out, inputs, n + 1, err))) goto done;
 
     hb.path = base;
-    if (pthread_create(&hth, NULL, hash_thread, &hb) == 0) hash_started = 1;
-    else hash_thread(&hb);
+    if (pthread_create(&hth, NULL, lmb_base_hash_thread, &hb) == 0) hash_started = 1;
+    else lmb_base_hash_thread(&hb);
 
     if ((rc = lm_source_open(&src, base, NULL, err))) goto done;
     if ((rc = lm_keymap_build(&km, src, err))) { lm_err_file(err, base); goto done; }
@@ -615,7 +235,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         if ((rc = lm_lora_open(&b.loras[i], loras[i].path, NULL, err))) { lm_err_file(err, loras[i].path); goto done; }
         if ((rc = lmm_sha256_file(loras[i].path, rep->loras[i].sha256, NULL, err))) goto done;
     }
-    if ((rc = plan(&b, km, &o, rep, err))) goto done;
+    if ((rc = lmb_plan(&b, km, &o, rep, err))) goto done;
 
     /* output dtypes, modes and the job list */
     b.odt = calloc(b.nt ? b.nt : 1, sizeof *b.odt);
@@ -660,7 +280,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     openblas_set_num_threads(1);
     th = calloc(nth ? (size_t)nth : 1, sizeof *th);
     for (int i = 0; th && i < nth; i++)
-        if (pthread_create(&th[i], NULL, worker, &b)) { nth = i; break; }
+        if (pthread_create(&th[i], NULL, lmb_worker, &b)) { nth = i; break; }
     if (!th || (nth == 0 && b.njobs)) {
         free(wt);
         openblas_set_num_threads(blas_threads);
@@ -694,16 +314,16 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     if (o.hash_output) {
         if (!(b.md = EVP_MD_CTX_new())) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto stop; }
         EVP_DigestInit_ex(b.md, EVP_sha256(), NULL);
-        if (pthread_create(&oth, NULL, out_hash_thread, &b)) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "cannot start a thread"); goto stop; }
+        if (pthread_create(&oth, NULL, lmb_out_hash_thread, &b)) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "cannot start a thread"); goto stop; }
         out_hash_started = 1;
     }
-    double tc = now();
+    double tc = lmb_now();
     rc = run_pipeline(&b, w, &o, rep, err);
-    rep->seconds_compute = now() - tc;
+    rep->seconds_compute = lmb_now() - tc;
     if (!rc) {
-        double th0 = now();
+        double th0 = lmb_now();
         if (hash_started) { pthread_join(hth, NULL); hash_started = 0; }
-        rep->seconds_hash = now() - th0;
+        rep->seconds_hash = lmb_now() - th0;
         if (hb.rc) { *err = hb.err; rc = hb.rc; goto stop; }
         memcpy(rep->base_sha256, hb.hex, 65);
         char out_hex[2 + 65] = "";
@@ -763,7 +383,7 @@ done:
     lm_source_close(src);
     free(inputs);
     free(paths);
-    rep->seconds_total = now() - t0;
+    rep->seconds_total = lmb_now() - t0;
     if (rc && !(rc == LM_EINPUT && rep->n_overflows)) { lm_bake_report_free(rep); }
     else if (!report) lm_bake_report_free(rep);
     return rc;

@@ -1,0 +1,86 @@
+/* Internal to lm_bake (bake.c): the shared state of the planner (bake_plan.c), the
+ * workers (bake_worker.c), the hash threads (bake_hash.c) and the writer loop (bake.c). */
+#ifndef LIBMERGE_MERGE_BAKE_IMPL_H
+#define LIBMERGE_MERGE_BAKE_IMPL_H
+
+#include "merge_impl.h"
+
+#include <pthread.h>
+#include <time.h>
+#include <openssl/evp.h>
+
+typedef struct upd {
+    int lora;          /* index into the LoRA list */
+    size_t mod;        /* module index in that LoRA */
+    int64_t row0, rows;
+    int bias;          /* 1: .diff_b onto this (bias) tensor */
+    int dora;          /* applied after the plain modules */
+} upd;
+
+enum { MODE_COPY = 0, MODE_CONVERT, MODE_UPDATE };
+
+typedef struct result {
+    void *buf;
+    size_t nbytes;
+    int64_t overflow;
+    int done, rc;
+    lm_err err;
+} result;
+
+typedef struct bake {
+    const lm_source *src;
+    lm_lora **loras;
+    const lm_weighted *in;
+    size_t nl, nt;
+    size_t *uoff;      /* nt + 1: updates of tensor t are upds[uoff[t] .. uoff[t+1]) */
+    upd *upds;
+    lm_dtype *odt;
+    int *mode;
+    size_t *jobs, njobs;
+    result *res;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_done, cv_space;
+    size_t next_job, consumed, window;
+    size_t max_numel;  /* largest updated tensor */
+    void **pool;       /* window output buffers, job j uses pool[j % window] */
+    int stop;
+    EVP_MD_CTX *md;    /* SHA-256 of the output's data area (its own thread), or NULL */
+    size_t hashed;     /* update jobs hashed (SIZE_MAX without hashing) */
+    int hash_done;     /* the hash thread went through every tensor */
+} bake;
+
+typedef struct hash_job {
+    const char *path;
+    char hex[65];
+    uint64_t bytes;
+    int rc;
+    lm_err err;
+    double seconds;
+    volatile int cancel;
+} hash_job;
+
+#define release_pages lmm_release_pages
+
+static inline double lmb_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Resolves every LoRA onto the base and builds the per-tensor update lists (b->uoff,
+ * b->upds: plain modules first, DoRA last, each in command-line order); fills the
+ * per-LoRA counts of rep. Every shape is checked here. Errors: LM_EMISMATCH, LM_ENOMEM. */
+int lmb_plan(bake *b, const lm_keymap *km, const lm_bake_opts *o, lm_bake_report *rep, lm_err *err);
+
+/* Worker thread (arg: bake *): computes update jobs in order, within the pool window. */
+void *lmb_worker(void *arg);
+
+/* Thread computing the SHA-256 of the whole base file (arg: hash_job *). */
+void *lmb_base_hash_thread(void *arg);
+
+/* Thread computing the SHA-256 of the output's data area in file order (arg: bake *);
+ * sets b->hash_done when it went through every tensor. */
+void *lmb_out_hash_thread(void *arg);
+
+#endif
