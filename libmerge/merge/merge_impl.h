@@ -56,6 +56,16 @@ int lmm_threads(int requested);
  * module path (to_q, to_out_0). Returns 0, or LM_EINPUT when name is too long. */
 int lmm_norm_module_name(const lm_lora_module *m, char *out, size_t n);
 
+/* lora_names.c: kohya name "lora_unet_…"/"lora_te_…"/"lora_te2_…" of a normalised key
+ * (te_prefix "lora_te_" or "lora_te1_"); dotted PEFT name "unet.<path>" from the first
+ * non-kohya module of mods (NULL if none); PEFT name from the base tensor a
+ * "t<tensor>:<row0>" key targets (NULL for packed targets); the architecture of LoRAs
+ * from their modules (second text encoder: SDXL; attn2 to_k width 768/1024/2048). */
+char *lmm_kohya_name(const char *key, const char *te_prefix);
+char *lmm_peft_name(const lm_lora_module *const *mods, size_t n);
+char *lmm_peft_from_base(const lm_source *base, const lm_model_info *info, const char *key);
+lm_arch lmm_guess_arch(lm_lora **loras, size_t n);
+
 /* Truncated SVD of ΔW = Uc·Dc given as thin factors (Uc [m, r], Dc [r, n], row-major),
  * exact through QR of both factors and the SVD of the r×r core (svd.c); falls back to
  * the dense lm_svd_truncate when r > min(m, n). Outputs as lm_svd_truncate. */
