@@ -395,7 +395,14 @@ static int make_tmp(lm_writer *w, lm_err *err)
     size_t n = strlen(dir) + strlen(base) + 16;
     w->tmp = malloc(n);
     if (!w->tmp) { free(a); free(b); return lm_err_set(err, LM_ENOMEM, w->path, NULL, LM_ERR_NO_OFFSET, "out of memory"); }
-    snprintf(w->tmp, n, "%s/.%s.XXXXXX", dir, base);
+    /* ".NAME.XXXXXX" is 8 bytes longer than NAME: cut NAME so that an output
+     * name near NAME_MAX (long titles, 3-byte UTF-8 characters) still gets
+     * a temporary file; the rename gives it its full name. */
+    long name_max = pathconf(dir, _PC_NAME_MAX);
+    if (name_max <= 8) name_max = 255;
+    int keep = (int)strlen(base);
+    if (keep > name_max - 8) keep = (int)name_max - 8;
+    snprintf(w->tmp, n, "%s/.%.*s.XXXXXX", dir, keep, base);
     free(a);
     free(b);
     w->fd = mkostemp(w->tmp, O_CLOEXEC);

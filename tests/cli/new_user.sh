@@ -141,3 +141,9 @@ PYEOF
   # same names, shapes and bytes as the diffusers golden (attention 1x1 -> linear)
   check bare_vae_keys [ "$("$MI" --keys --hash "$T/vae_d.safetensors")" = "$("$MI" --keys --hash fixtures/golden/sd15/vae_diffusers.safetensors)" ]
 fi
+
+# --- an output name near NAME_MAX still gets its temporary file ---
+long=$(printf 'a%.0s' $(seq 1 240)).safetensors
+"$MC" "$IN" -o "$T/$long" >/dev/null 2>&1; rc=$?
+check long_out_name [ "$rc" = 0 ] && check long_out_name_written [ -f "$T/$long" ]
+rm -f "$T/$long"
