@@ -76,7 +76,10 @@ enum {
  * be bare component names ("down_blocks.…", "encoder.…", "text_model.…";
  * a bare "text_model.…" is the first text encoder). LDM names are whole
  * ("model.diffusion_model.…", "first_stage_model.…", "cond_stage_model.…",
- * "conditioner.embedders.N.…"). from == to copies name unchanged.
+ * "conditioner.embedders.N.…"), except that a standalone VAE file's bare
+ * LDM names ("encoder.down.0.block.0.…") are read as its VAE going to
+ * diffusers (lm_model_detect calls such a file LDM). from == to copies name
+ * unchanged.
  * *reshape (may be NULL) gets an LM_RESHAPE_* value.
  * Errors: LM_EINPUT (not a name of that architecture and layout: the rules
  * are the block structure, e.g. SDXL has no down_blocks.0.attentions),
