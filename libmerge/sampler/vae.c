@@ -7,11 +7,13 @@
 #include "libmerge/ops.h"
 #include "libmerge/vae.h"
 #include "sampler/weights.h"
+#include "vae_impl.h"
 
 typedef struct {
     int cin, cout;
     float *n1w, *n1b, *c1w, *c1b, *n2w, *n2b, *c2w, *c2b;
     float *scw, *scb;           /* 1×1 shortcut when cin != cout, else NULL */
+    int wino1, wino2;           /* c1w / c2w hold Winograd filters */
 } resnet;
 
 typedef struct {
@@ -30,9 +32,46 @@ struct lm_vae {
     float *no_w, *no_b;         /* conv_norm_out / norm_out */
     float *out_w, *out_b;       /* conv_out [3, ch[0], 3, 3] */
     const char *attn_names[5];  /* norm, q, k, v, out under the file's spelling */
+    int ups_wino[LM_VAE_MAX_LEVELS]; /* ups_w[i] holds Winograd filters */
 };
 
-static const int k_pad1[4] = { 1, 1, 1, 1 };
+/* 3×3 convolution, stride 1, padding 1: w holds Winograd filters (wino = 1)
+ * or plain [OC, C, 3, 3] weights (im2col + sgemm). */
+static int conv3(int wino, const float *x, int C, int H, int W, const float *w, const float *b, int OC,
+                 float *y, lm_work *work)
+{
+    static const int pad1[4] = { 1, 1, 1, 1 };
+    if (wino) return lm_wino_conv3x3(x, C, H, W, w, b, OC, y, work);
+    return lm_conv2d(x, C, H, W, w, b, OC, 3, 1, pad1, y, work);
+}
+
+/* Winograd F(2×2, 3×3) where it pays on this CPU path: measured 1.3–2× over
+ * im2col at 256–512 channels, no gain at 128 (the transforms, which run on
+ * one thread, then weigh as much as the saved products). The filters take
+ * 16/9 of the weights' memory. LIBMERGE_VAE_CONV=im2col turns it off,
+ * =winograd uses it at every width (tests run the goldens through it so). */
+static int use_wino(int OC, int C)
+{
+    const char *mode = getenv("LIBMERGE_VAE_CONV");   /* "im2col", "winograd" (every resnet/upsampler conv) */
+    if (mode && !strcmp(mode, "im2col")) return 0;
+    if (mode && !strcmp(mode, "winograd")) return 1;
+    return OC >= 256 && C >= 256;
+}
+
+/* Replaces *w [OC, C, 3, 3] by its Winograd filters when use_wino says so;
+ * *flag records which form *w holds. */
+static int to_wino(float **w, int OC, int C, int *flag, lm_err *err)
+{
+    *flag = 0;
+    if (!use_wino(OC, C)) return 0;
+    *flag = 1;
+    float *u = lm_wino_filter(*w, OC, C);
+    if (!u) return lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
+    free(*w);
+    *w = u;
+    return 0;
+}
+
 static const int k_pad0[4] = { 0, 0, 0, 0 };
 
 /* ---------- names ---------- */
@@ -197,6 +236,20 @@ int lm_vae_load(lm_vae **out, lm_weights *w, const char *path, lm_err *err)
             goto fail;
     }
 #undef GET
+    for (int k = 0; k < 2; k++) {
+        resnet *r = &v->mid[k];
+        if ((rc = to_wino(&r->c1w, top, top, &r->wino1, err)) || (rc = to_wino(&r->c2w, top, top, &r->wino2, err))) goto fail;
+    }
+    for (int i = 0; i < L * c->resnets; i++) {
+        resnet *r = &v->up[i];
+        if ((rc = to_wino(&r->c1w, r->cout, r->cin, &r->wino1, err)) ||
+            (rc = to_wino(&r->c2w, r->cout, r->cout, &r->wino2, err)))
+            goto fail;
+    }
+    for (int i = 0; i < L - 1; i++) {
+        int ch = c->ch[L - 1 - i];
+        if ((rc = to_wino(&v->ups_w[i], ch, ch, &v->ups_wino[i], err))) goto fail;
+    }
     *out = v;
     return 0;
 fail:
@@ -228,9 +281,9 @@ static int resnet_fwd(const resnet *r, fwd *f, int H, int W, const lm_vae_config
     const int64_t HW = (int64_t)H * W;
     const size_t n = (size_t)(r->cout * HW);
     lm_group_norm(f->X, r->cin, HW, c->groups, r->n1w, r->n1b, c->eps, 1, f->T);
-    if (lm_conv2d(f->T, r->cin, H, W, r->c1w, r->c1b, r->cout, 3, 1, k_pad1, f->Y, &f->work)) return -1;
+    if (conv3(r->wino1, f->T, r->cin, H, W, r->c1w, r->c1b, r->cout, f->Y, &f->work)) return -1;
     lm_group_norm(f->Y, r->cout, HW, c->groups, r->n2w, r->n2b, c->eps, 1, f->Y);
-    if (lm_conv2d(f->Y, r->cout, H, W, r->c2w, r->c2b, r->cout, 3, 1, k_pad1, f->T, &f->work)) return -1;
+    if (conv3(r->wino2, f->Y, r->cout, H, W, r->c2w, r->c2b, r->cout, f->T, &f->work)) return -1;
     if (r->scw) {
         if (lm_conv2d(f->X, r->cin, H, W, r->scw, r->scb, r->cout, 1, 1, k_pad0, f->Y, &f->work)) return -1;
         lm_add(f->T, f->Y, n);
@@ -291,7 +344,7 @@ static int decode_full(const lm_vae *v, const float *z, int h, int w, float *img
     int rc = 0, H = h, W = w;
     if (!f.X || !f.T || !f.Y) goto oom;
     if (lm_conv2d(z, c->latent_channels, H, W, v->pq_w, v->pq_b, c->latent_channels, 1, 1, k_pad0, f.T, &f.work) ||
-        lm_conv2d(f.T, c->latent_channels, H, W, v->in_w, v->in_b, c->ch[L - 1], 3, 1, k_pad1, f.X, &f.work) ||
+        conv3(0, f.T, c->latent_channels, H, W, v->in_w, v->in_b, c->ch[L - 1], f.X, &f.work) ||
         resnet_fwd(&v->mid[0], &f, H, W, c) || attn_fwd(&v->attn, &f, H, W, c) || resnet_fwd(&v->mid[1], &f, H, W, c))
         goto oom;
     for (int i = 0; i < L; i++) {
@@ -302,11 +355,11 @@ static int decode_full(const lm_vae *v, const float *z, int h, int w, float *img
             lm_upsample_nearest2x(f.X, cout, H, W, f.Y);
             H *= 2;
             W *= 2;
-            if (lm_conv2d(f.Y, cout, H, W, v->ups_w[i], v->ups_b[i], cout, 3, 1, k_pad1, f.X, &f.work)) goto oom;
+            if (conv3(v->ups_wino[i], f.Y, cout, H, W, v->ups_w[i], v->ups_b[i], cout, f.X, &f.work)) goto oom;
         }
     }
     lm_group_norm(f.X, c->ch[0], (int64_t)H * W, c->groups, v->no_w, v->no_b, c->eps, 1, f.T);
-    if (lm_conv2d(f.T, c->ch[0], H, W, v->out_w, v->out_b, 3, 3, 1, k_pad1, img, &f.work)) goto oom;
+    if (conv3(0, f.T, c->ch[0], H, W, v->out_w, v->out_b, 3, img, &f.work)) goto oom;
     goto done;
 oom:
     rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory decoding a %dx%d latent (%zu MiB per buffer)",
