@@ -5,7 +5,8 @@
  *   render unet MODEL SIZE STEPS UNet load + STEPS LCM steps at SIZE px
  *   render vae MODEL SIZE [TILE] VAE load + decode of a SIZE px image
  *
- * Prints one line "stage size seconds(load) seconds(run) GFLOP/s sgemm-ratio
+ * Prints one line "stage size seconds(load) seconds(run) (CPU seconds of the
+ * run: on a shared machine wall time overstates) GFLOP/s sgemm-ratio
  * peak-RSS-MiB"; the sgemm ratio is the stage's GFLOP/s over cblas_sgemm's
  * on a decoder-typical shape (M 256, N 16384, K 2304) in the same process. */
 #include <cblas.h>
@@ -45,6 +46,14 @@ static double sgemm_gflops(void)
     return g;
 }
 
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)ru.ru_stime.tv_usec;
+}
+
 static double peak_mib(void)
 {
     struct rusage ru;
@@ -67,7 +76,7 @@ int main(int argc, char **argv)
     lm_err e;
     lm_source *s = NULL;
     if (lm_source_open(&s, model, NULL, &e)) return fail(&e);
-    double t0 = now(), tl = 0, tr = 0, flops = 0;
+    double t0 = now(), tl = 0, tr = 0, flops = 0, c0 = 0, cr = 0;
     if (!strcmp(stage, "text")) {
         char vocab[4096];
         lm_tokenizer *tok = NULL;
@@ -81,8 +90,10 @@ int main(int argc, char **argv)
         const lm_clip_config *cf = lm_clip_config_of(c);
         float *out = malloc((size_t)77 * cf->hidden * sizeof *out);
         t0 = now();
+        c0 = cpu_seconds();
         if (lm_clip_encode(c, ids, 77, 1, 1, out, &e)) return fail(&e);
         tr = now() - t0;
+        cr = cpu_seconds() - c0;
         double C = cf->hidden, Im = cf->intermediate;
         flops = cf->layers * (2 * 77 * (4 * C * C + 2 * C * Im) + 4 * 77 * 77 * C);
         free(out);
@@ -105,6 +116,7 @@ int main(int argc, char **argv)
         lm_lcm_init(&sch);
         if (lm_lcm_set_timesteps(&sch, steps, 0, 1.0, &e)) return fail(&e);
         t0 = now();
+        c0 = cpu_seconds();
         for (int i = 0; i < steps; i++) {
             float t = (float)sch.timesteps[i];
             if (lm_unet_forward(u, x, 1, h, h, &t, ctx, 77, NULL, eps, &e)) return fail(&e);
@@ -112,6 +124,7 @@ int main(int argc, char **argv)
             if (lm_lcm_step(&sch, i, x, eps, nz, n, NULL, x, &e)) return fail(&e);
         }
         tr = (now() - t0) / steps;   /* per step */
+        cr = (cpu_seconds() - c0) / steps;
         flops = lm_unet_flops(u, h, h, 77);
         free(x); free(eps); free(nz); free(ctx);
         lm_unet_free(u);
@@ -127,8 +140,10 @@ int main(int argc, char **argv)
         lm_vae_decode_opts o = LM_VAE_DECODE_OPTS_INIT;
         o.tile = extra ? extra : 0;
         t0 = now();
+        c0 = cpu_seconds();
         if (lm_vae_decode(v, z, h, h, &o, img, &e)) return fail(&e);
         tr = now() - t0;
+        cr = cpu_seconds() - c0;
         flops = lm_vae_flops(v, h, h);
         free(z); free(img);
         lm_vae_free(v);
@@ -138,8 +153,8 @@ int main(int argc, char **argv)
     }
     lm_source_close(s);
     double g = flops / tr / 1e9, peak = sgemm_gflops();
-    printf("%-5s %5d px  load %6.2f s  %s %7.2f s  %7.1f GFLOP/s  sgemm %6.1f GFLOP/s  ratio %.2f  peak RSS %6.0f MiB\n",
-           stage, !strcmp(stage, "text") ? 77 : size, tl, !strcmp(stage, "unet") ? "per step" : "run     ", tr, g, peak,
-           g / peak, peak_mib());
+    printf("%-5s %5d px  load %6.2f s  %s %7.2f s (CPU %7.2f s)  %7.1f GFLOP/s  sgemm %6.1f GFLOP/s  ratio %.2f  "
+           "peak RSS %6.0f MiB\n", stage, !strcmp(stage, "text") ? 77 : size, tl,
+           !strcmp(stage, "unet") ? "per step" : "run     ", tr, cr, g, peak, g / peak, peak_mib());
     return 0;
 }

@@ -12,7 +12,12 @@
  * Resnet: GroupNorm → SiLU → conv 3×3 → GroupNorm → SiLU → conv 3×3, plus the
  * input (through a 1×1 conv when the channel count changes). Every GroupNorm:
  * 32 groups, eps 1e-6. Sizes (block_out_channels, resnets per block, latent
- * channels) are read from the weight shapes.
+ * channels) are read from the weight shapes. The 3×3 convolutions of resnets
+ * and upsamplers with >= 256 input and output channels run as Winograd
+ * F(2×2, 3×3) (Lavin & Gray 2016) on sgemm, 2.25× fewer products than
+ * im2col (measured ~25% less CPU for the SD1.5 decoder; agreement with the
+ * goldens unchanged, 4.7e-6); LIBMERGE_VAE_CONV=im2col turns it off,
+ * =winograd uses it at every width.
  *
  * Layouts: diffusers (decoder.*, post_quant_conv.*, bare or with a "vae."
  * prefix; attention as to_q/to_k/to_v/to_out.0 or the older
