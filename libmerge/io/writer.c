@@ -205,6 +205,8 @@ static const char *same_as_input(const char *path, char *const *inputs, size_t n
 static int check_target(const char *path, lm_err *err)
 {
     if (!path[0]) return lm_err_set(err, LM_EUSAGE, path, NULL, LM_ERR_NO_OFFSET, "empty output path");
+    if (path[strlen(path) - 1] == '/')
+        return lm_err_set(err, LM_EUSAGE, path, NULL, LM_ERR_NO_OFFSET, "ends with '/': the output must be a file name");
     struct stat st;
     if (lstat(path, &st) != 0 || S_ISREG(st.st_mode) || S_ISLNK(st.st_mode)) return 0;
     return lm_err_set(err, LM_EUSAGE, path, NULL, LM_ERR_NO_OFFSET,

@@ -147,3 +147,7 @@ long=$(printf 'a%.0s' $(seq 1 240)).safetensors
 "$MC" "$IN" -o "$T/$long" >/dev/null 2>&1; rc=$?
 check long_out_name [ "$rc" = 0 ] && check long_out_name_written [ -f "$T/$long" ]
 rm -f "$T/$long"
+
+# --- "-o name/" is refused before any work (it failed at the final rename) ---
+err=$("$MC" "$IN" -o "$T/new.safetensors/" 2>&1); rc=$?
+check out_trailing_slash [ "$rc" = 2 ] && check out_trailing_slash_msg has "$err" "ends with '/': the output must be a file name"
