@@ -46,6 +46,18 @@ static void weighted_spec_parsing(void)
     CHECK_EQ_STR(p, "b");
     CHECK_NEAR(l, -1.0, 0);
     CHECK(lm_parse_weighted(":0.5", p, sizeof p, &l) == LM_EUSAGE);
+    CHECK(lm_parse_weighted("a:nan", p, sizeof p, &l) == LM_EUSAGE);
+    CHECK(lm_parse_weighted("a:inf", p, sizeof p, &l) == LM_EUSAGE);
+    CHECK(lm_parse_weighted("a:1e999", p, sizeof p, &l) == LM_EUSAGE);
+    CHECK(lm_parse_weighted("a:1e39", p, sizeof p, &l) == LM_EUSAGE);
+    CHECK(lm_parse_weighted("a:1.2.3", p, sizeof p, &l) == LM_EUSAGE);
+    CHECK(lm_parse_weighted("a:", p, sizeof p, &l) == LM_EUSAGE);
+    CHECK_OK(lm_parse_weighted("a:0x10", p, sizeof p, &l), NULL); /* not decimal: part of the path */
+    CHECK_EQ_STR(p, "a:0x10");
+    CHECK_OK(lm_parse_weighted("a:-0", p, sizeof p, &l), NULL);
+    CHECK_NEAR(l, 0.0, 0);
+    CHECK_OK(lm_parse_weighted("a:1e3", p, sizeof p, &l), NULL);
+    CHECK_NEAR(l, 1000.0, 0);
 }
 
 static void f16_known_values(void)

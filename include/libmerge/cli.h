@@ -17,10 +17,17 @@ int lm_cli_fail(const char *prog, const lm_err *e);
 /* Prints "PROG: message" on stderr and returns LM_EXIT_USAGE. */
 int lm_cli_usage_error(const char *prog, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Largest |λ| accepted: a LoRA weight far past this only manufactures
+ * overflow (fp16 holds 65504), never a useful model. */
+#define LM_LAMBDA_MAX 1000.0
+
 /* Splits "PATH[:λ]" into path (copied to buf, n bytes) and λ (default 1.0).
- * The λ suffix is recognised only when the text after the last ':' parses
- * fully as a finite number, so paths containing ':' still work.
- * Returns 0, or LM_EUSAGE when the path is empty or too long. */
+ * The text after the last ':' is λ when it consists of the characters of a
+ * decimal number (or spells nan/inf); it must then parse fully as a finite
+ * number with |λ| <= LM_LAMBDA_MAX. Otherwise it is part of the path, so
+ * paths containing ':' still work. Returns 0, or LM_EUSAGE for an empty or
+ * too long path, an empty λ ("x:"), or a λ that is malformed, not finite or
+ * out of range ("x:nan", "x:1e999", "x:2000"). */
 int lm_parse_weighted(const char *spec, char *path, size_t n, double *lambda);
 
 /* Non-zero when stderr is a terminal (progress output goes there only then). */

@@ -1,10 +1,12 @@
 /* Shared command-line helpers: see include/libmerge/cli.h. */
 #include "libmerge/cli.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 int lm_cli_fail(const char *prog, const lm_err *e)
@@ -37,15 +39,33 @@ int lm_cli_usage_error(const char *prog, const char *fmt, ...)
     return LM_EXIT_USAGE;
 }
 
+/* The text after the last ':' is taken as λ when it is made only of the
+ * characters a decimal number uses, or spells nan/inf: then it must parse
+ * fully, be finite and lie within ±LM_LAMBDA_MAX. Anything else belongs to
+ * the path (so "C:dir/x" and "a:b.safetensors" stay paths). */
+static int looks_numeric(const char *t)
+{
+    if (!strcasecmp(t, "nan") || !strcasecmp(t, "inf") || !strcasecmp(t, "infinity") ||
+        !strcasecmp(t, "-inf") || !strcasecmp(t, "+inf") || !strcasecmp(t, "-nan"))
+        return 1;
+    for (; *t; t++)
+        if (!strchr("0123456789.eE+-", *t)) return 0;
+    return 1;
+}
+
 int lm_parse_weighted(const char *spec, char *path, size_t n, double *lambda)
 {
     *lambda = 1.0;
     size_t len = strlen(spec);
     const char *colon = strrchr(spec, ':');
-    if (colon && colon[1]) {
+    if (colon && looks_numeric(colon + 1)) {
         char *end;
+        errno = 0;
         double v = strtod(colon + 1, &end);
-        if (*end == '\0' && isfinite(v)) { *lambda = v; len = (size_t)(colon - spec); }
+        if (!colon[1] || *end != '\0' || errno == ERANGE || !isfinite(v) || fabs(v) > LM_LAMBDA_MAX)
+            return LM_EUSAGE;
+        *lambda = v;
+        len = (size_t)(colon - spec);
     }
     if (len == 0 || len >= n) return LM_EUSAGE;
     memcpy(path, spec, len);
