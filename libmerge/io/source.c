@@ -4,9 +4,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *lm_format_name(lm_format f)
@@ -108,11 +110,33 @@ const char *lm_source_meta_get(const lm_source *s, const char *key)
     return NULL;
 }
 
-/* FNV-1a: names are short, a simple hash is enough. */
+/* Per-process random seed, set once (the first caller's value wins). */
+static uint64_t hash_seed(void)
+{
+    static uint64_t seed;
+    uint64_t v = __atomic_load_n(&seed, __ATOMIC_ACQUIRE);
+    if (v) return v;
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) r = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&r;
+    r |= 1;
+    uint64_t expect = 0;
+    if (!__atomic_compare_exchange_n(&seed, &expect, r, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return expect;
+    return r;
+}
+
+/* FNV-1a from a random basis, then murmur3's fmix64 so the low bits used by
+ * the table depend on every byte. Names come from untrusted files: with a
+ * fixed, unmixed FNV-1a a crafted 6.7 MB header of 100,000 names falling in
+ * 64 adjacent buckets made lm_source_open take 30 s of linear probing. */
 static uint64_t name_hash(const char *p)
 {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 1469598103934665603ull ^ hash_seed();
     while (*p) { h ^= (unsigned char)*p++; h *= 1099511628211ull; }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
     return h;
 }
 
