@@ -149,6 +149,7 @@ int lv_compare(int argc, char **argv)
     if (!st && (!base || !nl)) st = lm_cli_usage_error(PROG, "--base and at least one -l are required");
     if (st) { if (st == LM_EXIT_USAGE) usage(stderr); lvp_free_weighted(loras, nl); return st; }
     const char *baked = argv[optind];
+    if (png && (st = lvp_check_output(PROG, png, baked, base, loras, nl, &r))) { lvp_free_weighted(loras, nl); return st; }
     lm_lora **ls = NULL;
     float *lams = NULL;
     if ((st = lvp_open_loras(PROG, loras, nl, &ls, &lams))) { lvp_free_weighted(loras, nl); return st; }

@@ -87,6 +87,7 @@ int lv_sweep(int argc, char **argv)
     if (!st && optind != argc - 1) st = lm_cli_usage_error(PROG, "expected one MODEL file (see --help)");
     if (!st && !png) st = lm_cli_usage_error(PROG, "-o GRID.png is required");
     if (st) { if (st == LM_EXIT_USAGE) usage(stderr); lvp_free_weighted(loras, nl); return st; }
+    if ((st = lvp_check_output(PROG, png, argv[optind], NULL, loras, nl, &r))) { lvp_free_weighted(loras, nl); return st; }
     lm_lora **ls = NULL;
     float *lams = NULL;
     if ((st = lvp_open_loras(PROG, loras, nl, &ls, &lams))) { lvp_free_weighted(loras, nl); return st; }

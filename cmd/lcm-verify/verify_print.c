@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "libmerge/cli.h"
+#include "libmerge/writer.h"
 
 void lvp_json_common(cJSON *o, const lm_verify_report *r)
 {
@@ -151,4 +152,20 @@ void lvp_close_loras(lm_lora **l, float *lambdas, size_t n)
     for (size_t i = 0; l && i < n; i++) lm_lora_close(l[i]);
     free(l);
     free(lambdas);
+}
+
+int lvp_check_output(const char *prog, const char *out, const char *model, const char *base, const lm_weighted *l,
+                     size_t nl, const lm_verify_render *r)
+{
+    const char **in = calloc(nl + 5, sizeof *in);
+    if (!in) return LM_EXIT_INTERNAL;
+    size_t n = 0;
+    const char *fixed[5] = { model, base, r ? r->vae : NULL, r ? r->text_encoder : NULL, r ? r->opts.vocab : NULL };
+    for (size_t i = 0; i < 5; i++) if (fixed[i]) in[n++] = fixed[i];
+    for (size_t i = 0; i < nl; i++) in[n++] = l[i].path;
+    lm_err err;
+    lm_err_clear(&err);
+    int rc = lm_output_check(out, in, n, &err);
+    free(in);
+    return rc ? lm_cli_fail(prog, &err) : 0;
 }

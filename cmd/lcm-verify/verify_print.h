@@ -30,4 +30,9 @@ int lvp_parse_size(const char *prog, const char *s, int *w, int *h);
 #include "libmerge/lora.h"
 int lvp_open_loras(const char *prog, const lm_weighted *v, size_t n, lm_lora ***out, float **lambdas);
 void lvp_close_loras(lm_lora **l, float *lambdas, size_t n);
+/* Before any work: the output out must not be an input (model, base, the LoRAs of l,
+ * r's VAE, text encoder and vocabulary; same file by name or inode) nor a directory,
+ * device, FIFO or socket (lm_output_check). 0, or the exit status (2) after printing. */
+int lvp_check_output(const char *prog, const char *out, const char *model, const char *base, const lm_weighted *l,
+                     size_t nl, const lm_verify_render *r);
 #endif

@@ -96,6 +96,15 @@ uint64_t lm_writer_data_start(const lm_writer *w);
  * metadata), LM_EIO (write failed: the temp file is removed). */
 int lm_writer_update_meta(lm_writer *w, const lm_kv *meta, size_t n_meta, lm_err *err);
 
+/* The checks lm_writer_open makes on its output path before any work, for
+ * commands whose output is not safetensors (a PNG, a report): refuses, with
+ * LM_EUSAGE naming path, an output that is one of inputs[0..n_inputs) (same
+ * name, or same st_dev and st_ino, so a symlink or hard link to an input
+ * counts), an empty path or one ending in '/', and an existing directory,
+ * device, FIFO or socket (a rename would replace it). inputs may be NULL;
+ * NULL entries are not allowed. Returns 0 or the error code. */
+int lm_output_check(const char *path, const char *const *inputs, size_t n_inputs, lm_err *err);
+
 /* Temporary-file bookkeeping shared by every output writer: registers a path
  * to unlink if the process is interrupted. lm_atomic_install_signal_handlers
  * sets SIGINT/SIGTERM/SIGHUP handlers that unlink every registered path and

@@ -214,6 +214,14 @@ static int check_target(const char *path, lm_err *err)
                                           : "is a device, FIFO or socket, not a regular file: refusing to replace it");
 }
 
+int lm_output_check(const char *path, const char *const *inputs, size_t n_inputs, lm_err *err)
+{
+    /* same_as_input only reads the strings; the cast drops nothing it writes. */
+    const char *in = same_as_input(path, (char *const *)inputs, inputs ? n_inputs : 0);
+    if (in) return lm_err_set(err, LM_EUSAGE, path, NULL, LM_ERR_NO_OFFSET, "refusing to overwrite input %s", in);
+    return check_target(path, err);
+}
+
 static void free_writer(lm_writer *w)
 {
     if (!w) return;

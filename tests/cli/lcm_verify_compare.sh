@@ -62,3 +62,37 @@ check sweep_says has "$out" "2 x 2 images"
 check sweep_png [ -s $T/grid.png ]
 "$LV" sweep $T/tiny.safetensors -l $A --steps 0,2 -o $T/g2.png >/dev/null 2>&1; rc=$?
 check sweep_usage_steps [ "$rc" = 2 ]
+
+# --- -o may not be an input (by name, symlink or hard link) nor a directory/FIFO: exit 2 before any work ---
+cp $T/tiny16.safetensors $T/keep16.safetensors
+cp $A $T/keepA.safetensors
+cp $T/keep16.safetensors $T/keep16.orig; cp $T/keepA.safetensors $T/keepA.orig
+ln -s keep16.safetensors $T/link16.png; ln $T/keep16.safetensors $T/hard16.png
+mkdir $T/adir; mkfifo $T/afifo
+LONG="--vocab $VOCAB --size 64x64 --steps 1"
+chk_refused() {  # name, keep file, expected text, lcm-verify args…
+    local name=$1 keep=$2 want=$3; shift 3
+    local err; err=$("$LV" "$@" 2>&1 >/dev/null); local rc=$?
+    check "${name}_exit" [ "$rc" = 2 ]
+    check "${name}_says" has "$err" "$want"
+    check "${name}_unchanged" cmp -s "$keep" "${keep%.safetensors}.orig"
+}
+chk_refused compare_out_is_baked $T/keep16.safetensors "refusing to overwrite input" \
+    compare $T/keep16.safetensors --base $T/tiny.safetensors -l $A:0.8 $LONG -o $T/keep16.safetensors
+chk_refused compare_out_is_lora $T/keepA.safetensors "refusing to overwrite input" \
+    compare $T/keep16.safetensors --base $T/tiny.safetensors -l $T/keepA.safetensors:0.8 $LONG -o $T/keepA.safetensors
+chk_refused compare_out_symlink_to_baked $T/keep16.safetensors "refusing to overwrite input" \
+    compare $T/keep16.safetensors --base $T/tiny.safetensors -l $A:0.8 $LONG -o $T/link16.png
+chk_refused compare_out_hardlink_to_baked $T/keep16.safetensors "refusing to overwrite input" \
+    compare $T/keep16.safetensors --base $T/tiny.safetensors -l $A:0.8 $LONG -o $T/hard16.png
+chk_refused compare_out_directory $T/keep16.safetensors "is a directory" \
+    compare $T/keep16.safetensors --base $T/tiny.safetensors -l $A:0.8 $LONG -o $T/adir
+chk_refused compare_out_fifo $T/keep16.safetensors "FIFO" \
+    compare $T/keep16.safetensors --base $T/tiny.safetensors -l $A:0.8 $LONG -o $T/afifo
+check compare_out_fifo_kept [ -p $T/afifo ]
+chk_refused sweep_out_is_model $T/keep16.safetensors "refusing to overwrite input" \
+    sweep $T/keep16.safetensors -l $A $LONG --steps 1 --lambda 1 -o $T/keep16.safetensors
+chk_refused sweep_out_is_lora $T/keepA.safetensors "refusing to overwrite input" \
+    sweep $T/keep16.safetensors -l $T/keepA.safetensors $LONG --steps 1 --lambda 1 -o $T/keepA.safetensors
+chk_refused sweep_out_directory $T/keep16.safetensors "the output must be a file name" \
+    sweep $T/keep16.safetensors -l $A $LONG --steps 1 --lambda 1 -o $T/adir/
