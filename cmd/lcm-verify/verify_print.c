@@ -57,8 +57,9 @@ void lvp_json_print(cJSON *o)
 
 void lvp_text_inputs(const lm_verify_report *r)
 {
-    printf("%s: %s (inputs from the %s)\n", r->operation ? r->operation : "verify", r->out_path,
-           r->inputs_from[0] ? r->inputs_from : "command line");
+    /* inputs_from is empty when OUT could not be read far enough to gather any */
+    if (r->inputs_from[0]) printf("%s: %s (inputs from the %s)\n", r->operation ? r->operation : "verify", r->out_path, r->inputs_from);
+    else printf("%s: %s (no inputs gathered)\n", r->operation ? r->operation : "verify", r->out_path);
     for (size_t i = 0; i < r->n_inputs; i++) {
         const lm_verify_input *in = &r->inputs[i];
         printf("  %-6s %s", in->role, in->path);

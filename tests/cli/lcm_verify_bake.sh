@@ -89,3 +89,17 @@ check notfound_exit [ "$rc" = 3 ]
 check notfound_msg has "$err" "recipe input unet_ldm.safetensors (base) not found"
 "$LV" bake $T/none.safetensors $S >/dev/null 2>&1; rc=$?
 check missing_exit [ "$rc" = 4 ]
+# --- OUT that is not a model (random bytes, empty, a header that is not JSON): bad input, not a failed check ---
+head -c 4096 /dev/urandom >$T/random.safetensors; : >$T/empty.safetensors
+printf '\x10\x00\x00\x00\x00\x00\x00\x00{not json at all' >$T/badjson.safetensors
+for f in random empty badjson; do
+    err=$("$LV" bake $T/$f.safetensors --base $BASE -l $A:0.8 2>&1 >/dev/null); rc=$?
+    check ${f}_out_exit [ "$rc" = 3 ]
+    check ${f}_out_names_file has "$err" "$T/$f.safetensors"
+done
+# the header cut short is still the "truncated output" fault; no inputs claimed from the command line
+head -c 100 $T/ab16.safetensors >$T/cut.safetensors
+out=$("$LV" bake $T/cut.safetensors $S); rc=$?
+check truncated_header_exit [ "$rc" = 1 ]
+check truncated_header_kind has "$out" "output    $T/cut.safetensors: cannot be read"
+check truncated_no_inputs_claimed has "$out" "(no inputs gathered)"

@@ -96,3 +96,15 @@ chk_refused sweep_out_is_lora $T/keepA.safetensors "refusing to overwrite input"
     sweep $T/keep16.safetensors -l $T/keepA.safetensors $LONG --steps 1 --lambda 1 -o $T/keepA.safetensors
 chk_refused sweep_out_directory $T/keep16.safetensors "the output must be a file name" \
     sweep $T/keep16.safetensors -l $A $LONG --steps 1 --lambda 1 -o $T/adir/
+
+# --- lora: a merged LoRA that is not a model is bad input (3); one cut short fails the check (1) ---
+head -c 4096 /dev/urandom >$T/random.safetensors
+err=$("$LV" lora $T/random.safetensors --from $A:0.8 2>&1 >/dev/null); rc=$?
+check lora_random_exit [ "$rc" = 3 ]
+check lora_random_names_file has "$err" "$T/random.safetensors"
+"$LV" lora $T/tiny.safetensors --from $A:0.8 >/dev/null 2>&1; rc=$?
+check lora_not_a_lora_exit [ "$rc" = 3 ]
+head -c $(( $(stat -c %s $T/mex.safetensors) - 64 )) $T/mex.safetensors >$T/mcut.safetensors
+out=$("$LV" lora $T/mcut.safetensors --from $A:0.8 $B:-0.5 --json); rc=$?
+check lora_truncated_exit [ "$rc" = 1 ]
+check lora_truncated_kind has "$out" '"kind":	"output"'
