@@ -1,7 +1,8 @@
 /* bench/unet.c — one UNet evaluation of a full-size model, batch 1, at the
  * latent sizes given (default 64 and 32): seconds, GFLOP/s, and the ratio to
  * cblas_sgemm's GFLOP/s measured in the same run on a UNet-typical shape
- * (a level-0 3×3 convolution at 512 px: M 320, N 4096, K 2880).
+ * (a level-0 3×3 convolution at 512 px: M 320, N 4096, K 2880), and for the
+ * second pass the wall-clock seconds per op class (lm_ops_profile).
  *
  *   unet MODEL [SIZE...]
  */
@@ -13,6 +14,7 @@
 #include <cblas.h>
 
 #include "libmerge/err.h"
+#include "libmerge/ops.h"
 #include "libmerge/source.h"
 #include "libmerge/unet.h"
 
@@ -23,6 +25,13 @@ static double now(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -78,14 +87,34 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < (size_t)77 * c->context_dim; i++) ctx[i] = (float)((i * 40503u) % 1000) / 500.0f - 1.0f;
         double fl = lm_unet_flops(u, s, s, 77);
         for (int pass = 0; pass < 2; pass++) {   /* first pass allocates; later steps reuse */
-            double t1 = now();
+            lm_ops_profile(pass == 1);
+            double t1 = now(), c1 = cpu_now();
             int rc = lm_unet_forward(u, x, 1, s, s, &t, ctx, 77, NULL, e, &err);
-            double dt = now() - t1;
+            double dt = now() - t1, dc = cpu_now() - c1;
             if (rc) { fprintf(stderr, "forward failed\n"); return 5; }
             printf("latent %dx%d (%d px), %s: %.2f s, %.0f GFLOP, %.1f GFLOP/s, %.0f%% of sgemm\n", s, s,
                    8 * s, pass ? "next step" : "first step", dt, fl / 1e9, fl / dt / 1e9,
                    100.0 * fl / dt / 1e9 / peak);
+            if (pass == 1) {
+                /* CPU seconds count every thread (OpenBLAS's spinning ones too):
+                 * wall < CPU where work ran in parallel */
+                double sum = 0.0, csum = 0.0, cs, cf;
+                printf("  %-20s %7s %6s %7s %7s %8s %9s\n", "op class", "wall s", "wall%", "CPU s", "GFLOP",
+                       "GFLOP/s", "GFLOP/CPUs");
+                for (int cls = 0; cls < LM_PROF_N; cls++) {
+                    const char *nm;
+                    double sec = lm_ops_profile_seconds(cls, &nm, &cs, &cf);
+                    if (nm[0] != ' ') { sum += sec; csum += cs; }
+                    printf("  %-20s %7.2f %5.1f%% %7.2f", nm, sec, 100.0 * sec / dt, cs);
+                    if (cf > 0) printf(" %7.1f %8.1f %9.1f", cf / 1e9, cf / 1e9 / sec, cf / 1e9 / cs);
+                    printf("\n");
+                }
+                printf("  %-20s %7.2f %5.1f%% %7.2f\n", "outside ops", dt - sum, 100.0 * (dt - sum) / dt,
+                       dc - csum);
+                printf("  %-20s %7.2f %5.1f%% %7.2f\n", "total", dt, 100.0, dc);
+            }
         }
+        lm_ops_profile(0);
         free(x); free(e); free(ctx);
     }
     struct rusage ru;

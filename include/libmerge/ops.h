@@ -5,8 +5,12 @@
  * are one batch item in [C, H, W] (channels-first, as PyTorch's NCHW without
  * N): callers loop over the batch. Token tensors are [T, C] (token-major, a
  * row per token), as transformer blocks use them. The heavy work (conv2d,
- * linear, attention) runs on cblas_sgemm; OpenBLAS does the threading and
- * nothing here starts threads of its own.
+ * linear, attention) runs on cblas_sgemm. Large GEMMs are threaded by
+ * OpenBLAS; work it splits badly or not at all (attention per head, …) runs
+ * on short-lived threads of the op itself, as many as OpenBLAS would use
+ * (openblas_get_num_threads), with OpenBLAS set to one thread meanwhile and
+ * restored after. Because that setting is process wide, ops must not run
+ * concurrently with other OpenBLAS calls from another thread.
  *
  * Unless a comment says otherwise, an op's output must not overlap its input;
  * ops marked "in place" take one buffer.
@@ -172,8 +176,10 @@ void lm_softmax_rows(float *x, int64_t rows, int64_t cols);
  * causal = 1, query i sees keys 0..i only (CLIP's text encoder; requires
  * Tq == Tk). The ld* are row strides in floats (≥ heads·dh), so q, k, v may
  * be column blocks of one packed [T, 3C] projection. Queries are processed in
- * blocks whose scores [block, Tk] take at most 4 MiB of `work` (256 rows at
- * Tk = 4096), so a 4096×4096 score matrix is never held whole. scale is usually 1/√dh. out must not overlap
+ * blocks whose scores [block, Tk] take at most 4 MiB of `work` per thread
+ * (256 rows at Tk = 4096), so a 4096×4096 score matrix is never held whole;
+ * (head, block) pairs run in parallel, each on a single-threaded sgemm.
+ * scale is usually 1/√dh. out must not overlap
  * q, k or v. Returns 0 or LM_ENOMEM. */
 int lm_attention(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
                  int64_t Tq, int64_t Tk, int heads, int dh, float scale, int causal,
@@ -190,6 +196,25 @@ int lm_attention(const float *q, int ldq, const float *k, int ldk, const float *
  * to float32, then divided, then exp). dim must be even. */
 void lm_timestep_embedding(const float *t, int N, int dim, int flip_sin_to_cos, float shift,
                            float max_period, float *out);
+
+/* ---- profiling (benchmarks) ------------------------------------------------- */
+
+/* Op classes whose wall-clock time lm_ops_profile accumulates. The "of which"
+ * classes are parts of the class before them (not added to the total). */
+enum {
+    LM_PROF_CONV3, LM_PROF_IM2COL, LM_PROF_CONV1, LM_PROF_LINEAR, LM_PROF_ATTN, LM_PROF_GNORM, LM_PROF_LNORM, LM_PROF_ACT, LM_PROF_OTHER, LM_PROF_N
+};
+
+/* Turns per-op-class timing on (1) or off (0) and zeroes the counters. Process
+ * wide and not thread-safe: for benchmarks that call ops from one thread. */
+void lm_ops_profile(int on);
+
+/* Wall-clock seconds accumulated in class cls since lm_ops_profile(1);
+ * *cpu (when not NULL) gets the process CPU seconds (all threads, OpenBLAS's
+ * included) over the same intervals, *flops the floating-point operations of
+ * the GEMM-shaped work (2 per multiply-add; 0 for elementwise classes),
+ * *name the class's printable name. 0 for an unknown class. */
+double lm_ops_profile_seconds(int cls, const char **name, double *cpu, double *flops);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,7 @@
 #include <cblas.h>
 
 #include "libmerge/ops.h"
+#include "ops/prof.h"
 
 /* Upper bound on the im2col slab, in floats (32 MiB): large enough for
  * sgemm to run at full speed, small enough to stay off the memory peak. */
@@ -77,6 +78,8 @@ int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *
     if (OH <= 0 || OW <= 0 || C <= 0 || OC <= 0)
         return lm_err_set(NULL, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "empty convolution");
     size_t P = (size_t)OH * OW;
+    int is1 = k == 1 && stride == 1 && !pad[0] && !pad[1] && !pad[2] && !pad[3];
+    double t0 = lm_prof_t0();
     /* the bias goes in first and sgemm accumulates onto it (beta = 1): one
      * pass instead of OpenBLAS zeroing C (beta = 0) plus a bias pass */
     float beta = 0.0f;
@@ -84,7 +87,7 @@ int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *
         fill_rows(y, OC, P, b);
         beta = 1.0f;
     }
-    if (k == 1 && stride == 1 && !pad[0] && !pad[1] && !pad[2] && !pad[3]) {
+    if (is1) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, (int)P, C, 1.0f, w, C,
                     x, (int)P, beta, y, (int)P);
     } else {
@@ -93,37 +96,48 @@ int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *
         if (rows < 1) rows = 1;
         if (rows > (size_t)OH) rows = (size_t)OH;
         float *col = lm_work_get(work, K * rows * (size_t)OW);
-        if (!col) return LM_ENOMEM;
+        if (!col) { lm_prof_end(LM_PROF_CONV3, t0); return LM_ENOMEM; }
         for (size_t oy = 0; oy < (size_t)OH; oy += rows) {
             size_t r = rows < (size_t)OH - oy ? rows : (size_t)OH - oy;
+            double t1 = lm_prof_t0();
             im2col(x, C, H, W, k, stride, pad[0], pad[1], (int)oy, (int)r, (int)OW, col);
+            lm_prof_end(LM_PROF_IM2COL, t1);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, (int)(r * OW), (int)K, 1.0f,
                         w, (int)K, col, (int)(r * OW), beta, y + oy * OW, (int)P);
         }
     }
+    lm_prof_end_fl(is1 ? LM_PROF_CONV1 : LM_PROF_CONV3, t0, 2.0 * OC * (double)P * C * k * k);
     return 0;
 }
 
 void lm_linear(const float *x, int64_t T, int in, const float *w, const float *b, int out,
                float *y, int accumulate)
 {
+    double t0 = lm_prof_t0();
     if (b) bias_tokens(y, T, out, b, accumulate);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, out, in, 1.0f, x, in, w, in,
                 (accumulate || b) ? 1.0f : 0.0f, y, out);
+    lm_prof_end_fl(LM_PROF_LINEAR, t0, 2.0 * (double)T * out * in);
 }
 
 void lm_proj_to_tokens(const float *x, int C, int64_t HW, const float *w, const float *b,
                        int out, float *y)
 {
+    double t0 = lm_prof_t0();
     if (b) bias_tokens(y, HW, out, b, 0);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)HW, out, C, 1.0f, x, (int)HW, w, C,
                 b ? 1.0f : 0.0f, y, out);
+    lm_prof_end_fl(LM_PROF_CONV1, t0, 2.0 * (double)HW * out * C);
 }
 
 void lm_proj_from_tokens(const float *x, int64_t HW, int C, const float *w, const float *b,
                          int out, float *y, int accumulate)
 {
+    double t0 = lm_prof_t0();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, out, (int)HW, C, 1.0f, w, C, x, C,
                 accumulate ? 1.0f : 0.0f, y, (int)HW);
-    if (b) lm_add_channel(y, out, HW, b);
+    if (b)
+        for (int o = 0; o < out; o++)
+            for (int64_t i = 0; i < HW; i++) y[(size_t)o * HW + i] += b[o];
+    lm_prof_end_fl(LM_PROF_CONV1, t0, 2.0 * (double)HW * out * C);
 }

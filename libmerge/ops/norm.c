@@ -3,10 +3,12 @@
 
 #include "libmerge/ops.h"
 #include "ops/vmath.h"
+#include "ops/prof.h"
 
 void lm_group_norm(const float *x, int C, int64_t HW, int groups, const float *gamma,
                    const float *beta, float eps, int silu, float *y)
 {
+    double t0 = lm_prof_t0();
     int cpg = C / groups;
     for (int g = 0; g < groups; g++) {
         const float *xg = x + (size_t)g * cpg * HW;
@@ -27,11 +29,13 @@ void lm_group_norm(const float *x, int C, int64_t HW, int groups, const float *g
             if (silu) lm_vsilu(yc, (size_t)HW, 1.0f);
         }
     }
+    lm_prof_end(LM_PROF_GNORM, t0);
 }
 
 void lm_layer_norm(const float *x, int64_t T, int C, const float *gamma, const float *beta,
                    float eps, float *y)
 {
+    double t0 = lm_prof_t0();
     for (int64_t t = 0; t < T; t++) {
         const float *xr = x + t * C;
         float *yr = y + t * C;
@@ -46,4 +50,5 @@ void lm_layer_norm(const float *x, int64_t T, int C, const float *gamma, const f
             yr[c] = n * (gamma ? gamma[c] : 1.0f) + (beta ? beta[c] : 0.0f);
         }
     }
+    lm_prof_end(LM_PROF_LNORM, t0);
 }
