@@ -96,7 +96,12 @@ static int64_t find_index(const lm_weights *w, const char *name, int *reshape)
     char ldm[512];
     if (lm_layout_convert_name(w->arch, LM_LAYOUT_DIFFUSERS, LM_LAYOUT_LDM, buf, ldm, sizeof ldm, reshape))
         return -1;
-    return lm_source_find(w->src, ldm);
+    if ((i = lm_source_find(w->src, ldm)) >= 0) return i;
+    /* a standalone LDM VAE (vae-ft-mse-840000, sdxl_vae) names its tensors without
+     * the checkpoint's "first_stage_model." prefix */
+    static const char vae_prefix[] = "first_stage_model.";
+    if (strncmp(ldm, vae_prefix, sizeof vae_prefix - 1)) return -1;
+    return lm_source_find(w->src, ldm + sizeof vae_prefix - 1);
 }
 
 const lm_entry *lm_weights_find(const lm_weights *w, const char *name)
