@@ -8,7 +8,7 @@
  * call (openblas_set_num_threads(1)) so workers × BLAS threads never exceed the workers.
  * Base pages are released (madvise DONTNEED) once written, so resident memory stays about
  * the window, not the model. The base's SHA-256 for the recipe is computed by its own
- * thread, overlapping the planning and the first updates; the output's data hash by
+ * thread (lm_hash_file), started once planning has passed, overlapping the bake; the output's data hash by
  * another, next to the writes. Files: bake_plan.c, bake_worker.c, bake_hash.c. */
 #include "bake_impl.h"
 #include "meta.h"
@@ -209,10 +209,6 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     for (size_t i = 0; i < n; i++) inputs[i + 1] = loras[i].path;
     if ((rc = lmm_check_output(out, inputs, n + 1, err))) goto done;
 
-    hb.path = base;
-    if (pthread_create(&hth, NULL, lmb_base_hash_thread, &hb) == 0) hash_started = 1;
-    else lmb_base_hash_thread(&hb);
-
     if ((rc = lm_source_open(&src, base, NULL, err))) goto done;
     if ((rc = lm_keymap_build(&km, src, err))) { lm_err_file(err, base); goto done; }
     const lm_model_info *info = lm_keymap_info(km);
@@ -236,6 +232,13 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         if ((rc = lmm_sha256_file(loras[i].path, rep->loras[i].sha256, NULL, err))) goto done;
     }
     if ((rc = lmb_plan(&b, km, &o, rep, err))) goto done;
+
+    /* every input is open and checked (the base is a regular file the source could map):
+     * the base's SHA-256 for the recipe runs on its own thread next to the bake; it is not
+     * cancellable, so it starts only once the refusals that need no output are behind */
+    hb.path = base;
+    if (pthread_create(&hth, NULL, lmb_base_hash_thread, &hb) == 0) hash_started = 1;
+    else lmb_base_hash_thread(&hb);
 
     /* output dtypes, modes and the job list */
     b.odt = calloc(b.nt ? b.nt : 1, sizeof *b.odt);
@@ -363,7 +366,7 @@ stop:
     for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
     openblas_set_num_threads(blas_threads);
 done:
-    if (hash_started) { hb.cancel = 1; pthread_join(hth, NULL); }
+    if (hash_started) pthread_join(hth, NULL);
     lm_writer_abort(w);
     for (size_t i = 0; b.pool && i < b.window; i++) free(b.pool[i]);
     free(b.pool);

@@ -12,7 +12,7 @@ void *lmb_base_hash_thread(void *arg)
 {
     hash_job *h = arg;
     double t0 = lmb_now();
-    h->rc = lmm_sha256_file_cancel(h->path, h->hex, &h->bytes, &h->cancel, &h->err);
+    h->rc = lmm_sha256_file(h->path, h->hex, &h->bytes, &h->err);
     h->seconds = lmb_now() - t0;
     return NULL;
 }

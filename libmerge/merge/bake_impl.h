@@ -56,7 +56,6 @@ typedef struct hash_job {
     int rc;
     lm_err err;
     double seconds;
-    volatile int cancel;
 } hash_job;
 
 #define release_pages lmm_release_pages

@@ -9,13 +9,13 @@
 #include "libmerge/keymap.h"
 #include "libmerge/lora.h"
 
-/* SHA-256 of a whole file, lower-case hex (streamed in 4 MiB reads). Errors: LM_EIO. */
+/* SHA-256 of a whole file, lower-case hex, through lm_hash_file (libmerge/hash.h; a FIFO,
+ * device or directory is refused without blocking); *bytes: the file size.
+ * Errors: LM_EIO, LM_ENOMEM. */
 int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err);
-/* The same, giving up with LM_EINTR as soon as *cancel becomes non-zero. */
-int lmm_sha256_file_cancel(const char *path, char hex[65], uint64_t *bytes, const volatile int *cancel, lm_err *err);
 
-/* AUTOMATIC1111's legacy short model hash: first 8 hex digits of the SHA-256 of the
- * 64 KiB at byte 0x100000 (of the start of the file when it is shorter). "" on error. */
+/* AUTOMATIC1111's legacy short model hash (lm_hash_file's AutoV1: the 64 KiB at byte
+ * 0x100000, the empty string's hash for a file under 1 MiB). "" on error. */
 void lmm_legacy_hash(const char *path, char out[9]);
 
 /* Refuses out when it names one of the inputs (same path text, or same device and

@@ -4,78 +4,34 @@
 
 #include <errno.h>
 #include <stdio.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <openssl/evp.h>
-
-static void to_hex(const unsigned char *d, size_t n, char *out)
-{
-    static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) { out[2 * i] = hx[d[i] >> 4]; out[2 * i + 1] = hx[d[i] & 15]; }
-    out[2 * n] = 0;
-}
+#include "libmerge/hash.h"
 
 int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err)
 {
-    return lmm_sha256_file_cancel(path, hex, bytes, NULL, err);
-}
-
-int lmm_sha256_file_cancel(const char *path, char hex[65], uint64_t *bytes, const volatile int *cancel, lm_err *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "cannot open: %s", strerror(errno));
-#ifdef POSIX_FADV_SEQUENTIAL
-    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-#endif
-    size_t cap = 4u << 20;
-    unsigned char *buf = malloc(cap);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!buf || !ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
-        free(buf); EVP_MD_CTX_free(ctx); close(fd);
-        return lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "cannot start SHA-256");
+    /* the shared hasher (libmerge/hash.h): opens without blocking and refuses FIFOs,
+     * devices and directories, so a hash thread never hangs in open() */
+    lm_file_hashes h;
+    int rc = lm_hash_file(path, LM_HASH_SHA256, &h, err);
+    if (rc) return rc;
+    memcpy(hex, h.sha256, 65);
+    if (bytes) {
+        struct stat st;
+        *bytes = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
     }
-    uint64_t total = 0;
-    int rc = 0;
-    for (;;) {
-        if (cancel && *cancel) { rc = lm_err_set(err, LM_EINTR, path, NULL, LM_ERR_NO_OFFSET, "hash cancelled"); break; }
-        ssize_t r = read(fd, buf, cap);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) { rc = lm_err_set(err, LM_EIO, path, NULL, (int64_t)total, "read: %s", strerror(errno)); break; }
-        if (r == 0) break;
-        EVP_DigestUpdate(ctx, buf, (size_t)r);
-        total += (uint64_t)r;
-    }
-    unsigned char md[32];
-    unsigned int mdn = 0;
-    if (!rc) { EVP_DigestFinal_ex(ctx, md, &mdn); to_hex(md, 32, hex); if (bytes) *bytes = total; }
-    EVP_MD_CTX_free(ctx);
-    free(buf);
-    close(fd);
-    return rc;
+    return 0;
 }
 
 void lmm_legacy_hash(const char *path, char out[9])
 {
+    lm_file_hashes h;
     out[0] = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return;
-    unsigned char buf[0x10000];
-    /* as A1111's model_hash: whatever lies there, nothing for a file under 1 MiB */
-    ssize_t r = pread(fd, buf, sizeof buf, 0x100000);
-    close(fd);
-    if (r < 0) return;
-    unsigned char md[32];
-    unsigned int mdn = 0;
-    if (EVP_Digest(buf, (size_t)r, md, &mdn, EVP_sha256(), NULL) != 1) return;
-    char hex[65];
-    to_hex(md, 32, hex);
-    memcpy(out, hex, 8);
-    out[8] = 0;
+    if (lm_hash_file(path, LM_HASH_AUTOV1, &h, NULL) == 0) memcpy(out, h.autov1, 9);
 }
 
 int lmm_check_output(const char *out, const char *const *inputs, size_t n, lm_err *err)

@@ -56,6 +56,11 @@ expect lcm_bake_refuses_sd2_lora_on_sd1 3 -- "$BIN/lcm-bake" "$BASE" -l fixtures
 expect lcm_bake_refuses_sd1_lora_on_sdxl 3 -- "$BIN/lcm-bake" fixtures/golden/sdxl/unet_tiny_sdxl_original.safetensors -l "$LA" -o "$T/x.safetensors"
 expect lcm_bake_fail_on_overflow 3 -- "$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_overflow.safetensors --dtype fp16 --fail-on-overflow -o "$T/x.safetensors"
 expect lcm_bake_missing_lora 4 -- "$BIN/lcm-bake" "$BASE" -l "$T/none.safetensors" -o "$T/x.safetensors"
+# a FIFO as base or LoRA is refused at once (the base hash thread once blocked in open())
+mkfifo "$T.fifo"
+expect lcm_bake_fifo_base 4 -- timeout 20 "$BIN/lcm-bake" "$T.fifo" -l "$LA" -o "$T/x.safetensors"
+expect lcm_bake_fifo_lora 4 -- timeout 20 "$BIN/lcm-bake" "$BASE" -l "$T.fifo" -o "$T/x.safetensors"
+rm -f "$T.fifo"
 expect lcm_bake_disk_full 4 -- bash -c 'ulimit -f 1024; exec "$@"' _ "$BIN/lcm-bake" "$BASE" -l "$LA" -o "$T/x.safetensors"
 
 # overflow without --fail-on-overflow: written, and reported
