@@ -16,7 +16,8 @@ typedef struct {
 } lv_tensor;
 
 /* Reads tensor `name` of src as fp32 (any float or integer dtype); required
- * = 0 returns 0 with t->data NULL when absent. Checks ndim when min/max say. */
+ * = 0 returns 0 with t->data NULL when absent. Checks ndim when min/max say.
+ * Errors: LM_EINPUT naming src and name (missing, wrong ndim, a zero dimension). */
 int lv_read(const lm_source *src, const char *name, int required, int min_ndim, int max_ndim,
             lv_tensor *t, lm_err *err);
 

@@ -29,6 +29,13 @@ int lv_read(const lm_source *src, const char *name, int required, int min_ndim, 
                           "%d dimensions, expected %d..%d", e->ndim, min_ndim, max_ndim);
     t->ndim = e->ndim;
     for (int d = 0; d < e->ndim; d++) t->shape[d] = e->shape[d];
+    if (e->numel == 0) {  /* an empty batch, sequence or image: nothing to evaluate */
+        char sh[96];
+        size_t k = (size_t)snprintf(sh, sizeof sh, "[");
+        for (int d = 0; d < e->ndim && k < sizeof sh; d++) k += (size_t)snprintf(sh + k, sizeof sh - k, d ? ",%lld" : "%lld", (long long)e->shape[d]);
+        if (k < sizeof sh) snprintf(sh + k, sizeof sh - k, "]");
+        return lm_err_set(err, LM_EINPUT, lm_source_path(src), name, LM_ERR_NO_OFFSET, "empty tensor, shape %s", sh);
+    }
     t->data = malloc((size_t)(e->numel ? e->numel : 1) * sizeof(float));
     if (!t->data) return lm_err_set(err, LM_ENOMEM, lm_source_path(src), name, LM_ERR_NO_OFFSET, "out of memory");
     int rc = lm_source_read_f32(src, (size_t)i, t->data, err);

@@ -104,3 +104,21 @@ if "$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" --input "$F/unet_odd_in.safe
   d=$($CMP "$T/odd.safetensors" eps "$F/unet_odd_in.safetensors" expected_eps 1e-4) \
     && ok unet_odd_latent || no unet_odd_latent "max abs $d"
 else no unet_odd_latent "exit $?: $(cat "$T/err")"; fi
+
+# an empty context [1,0,32] is bad input naming the file and tensor (it exited 2, naming nothing)
+PY=$(command -v python3 || echo /usr/bin/python3)
+"$PY" - "$T/empty_ctx.safetensors" <<'PYEOF'
+import json, struct, sys
+ts = {"latent": ("F32", [1, 4, 8, 8]), "timestep": ("F32", [1]), "context": ("F32", [1, 0, 32])}
+hdr, off = {}, 0
+for k, (dt, sh) in ts.items():
+    n = 4
+    for d in sh: n *= d
+    hdr[k] = {"dtype": dt, "shape": sh, "data_offsets": [off, off + n]}
+    off += n
+h = json.dumps(hdr).encode(); h += b" " * (-len(h) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * off)
+PYEOF
+"$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" --input "$T/empty_ctx.safetensors" -o "$T/e.safetensors" 2>"$T/err"; rc=$?
+[ $rc -eq 3 ] && grep -q "empty_ctx.safetensors: context: .*empty tensor, shape \[1,0,32\]" "$T/err" && [ ! -e "$T/e.safetensors" ] \
+  && ok unet_empty_context || no unet_empty_context "exit $rc: $(cat "$T/err")"
