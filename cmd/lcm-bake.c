@@ -72,11 +72,13 @@ static void print_json(const char *out, const lm_bake_report *r, int ok, const l
     cJSON_AddNumberToObject(o, "converted", (double)r->converted);
     cJSON_AddNumberToObject(o, "bytes", (double)r->bytes_written);
     cJSON_AddNumberToObject(o, "overflow_total", (double)r->overflow_total);
+    cJSON_AddNumberToObject(o, "nonfinite_total", (double)r->nonfinite_total);
     cJSON *ov = cJSON_AddArrayToObject(o, "overflows");
     for (size_t i = 0; i < r->n_overflows; i++) {
         cJSON *e = cJSON_CreateObject();
         cJSON_AddStringToObject(e, "tensor", r->overflows[i].name);
         cJSON_AddNumberToObject(e, "count", (double)r->overflows[i].count);
+        cJSON_AddNumberToObject(e, "nonfinite", (double)r->overflows[i].nonfinite);
         cJSON_AddItemToArray(ov, e);
     }
     if (r->out_sha256[0]) cJSON_AddStringToObject(o, "sha256_data", r->out_sha256);
@@ -100,10 +102,21 @@ static void print_human(const char *base, const char *out, const lm_bake_report 
     }
     printf("output    %s: %zu tensors, %zu updated, %zu copied, %zu converted, %.1f MB\n", out, r->tensors,
            r->touched, r->copied, r->converted, (double)r->bytes_written / 1e6);
-    if (r->n_overflows) {
-        printf("overflow  %lld values in %zu tensors became ±Inf:", (long long)r->overflow_total, r->n_overflows);
-        for (size_t i = 0; i < r->n_overflows && i < 5; i++) printf(" %s (%lld)", r->overflows[i].name, (long long)r->overflows[i].count);
-        printf("%s\n", r->n_overflows > 5 ? " …" : "");
+    if (r->overflow_total) {
+        size_t nt = 0, shown = 0;
+        for (size_t i = 0; i < r->n_overflows; i++) nt += r->overflows[i].count != 0;
+        printf("overflow  %lld values in %zu tensors became ±Inf:", (long long)r->overflow_total, nt);
+        for (size_t i = 0; i < r->n_overflows && shown < 5; i++)
+            if (r->overflows[i].count) { printf(" %s (%lld)", r->overflows[i].name, (long long)r->overflows[i].count); shown++; }
+        printf("%s\n", nt > 5 ? " …" : "");
+    }
+    if (r->nonfinite_total) {
+        size_t nt = 0, shown = 0;
+        for (size_t i = 0; i < r->n_overflows; i++) nt += r->overflows[i].nonfinite != 0;
+        printf("nonfinite %lld values in %zu tensors became NaN or ±Inf in fp32:", (long long)r->nonfinite_total, nt);
+        for (size_t i = 0; i < r->n_overflows && shown < 5; i++)
+            if (r->overflows[i].nonfinite) { printf(" %s (%lld)", r->overflows[i].name, (long long)r->overflows[i].nonfinite); shown++; }
+        printf("%s\n", nt > 5 ? " …" : "");
     }
     printf("time      %.2f s\n", r->seconds_total);
 }

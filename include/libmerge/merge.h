@@ -54,8 +54,9 @@ typedef struct lm_bake_opts {
                                  for every float tensor (non-float tensors are kept) */
     int threads;              /* workers computing updates; 0: one per online CPU */
     int allow_unmatched;      /* 1: LoRA modules with no target are skipped and counted */
-    int fail_on_overflow;     /* 1: a finite value that becomes ±Inf in the output dtype is
-                                 an error (LM_EINPUT) and no output is written */
+    int fail_on_overflow;     /* 1: a finite value that becomes ±Inf in the output dtype, or
+                                 NaN/±Inf that the update produces from a finite base value,
+                                 is an error (LM_EINPUT) and no output is written */
     int hash_output;          /* 1: add modelspec.hash_sha256 (SHA-256 of the data area);
                                  costs one more pass over the output */
     const char *title;        /* modelspec.title; NULL: the output file name without extension */
@@ -67,7 +68,9 @@ typedef struct lm_bake_opts {
 
 typedef struct lm_bake_overflow {
     char *name;               /* output tensor */
-    int64_t count;            /* finite values that became ±Inf */
+    int64_t count;            /* finite fp32 values that became ±Inf in the output dtype */
+    int64_t nonfinite;        /* values the update made NaN or ±Inf in fp32 (where the base
+                                 value was finite): W + Σ λ·ΔW overflowed fp32 */
 } lm_bake_overflow;
 
 typedef struct lm_bake_lora_report {
@@ -87,8 +90,10 @@ typedef struct lm_bake_report {
     size_t copied;                   /* copied byte for byte */
     size_t converted;                /* untouched but converted to another dtype */
     uint64_t bytes_written;          /* output file size */
-    int64_t overflow_total;
-    lm_bake_overflow *overflows;     /* one per tensor with overflow, in file order */
+    int64_t overflow_total;          /* Σ count */
+    int64_t nonfinite_total;         /* Σ nonfinite */
+    lm_bake_overflow *overflows;     /* one per tensor with overflow or non-finite values,
+                                        in file order */
     size_t n_overflows;
     lm_bake_lora_report *loras;
     size_t n_loras;
@@ -99,7 +104,8 @@ typedef struct lm_bake_report {
 /* Bakes loras (n of them, each with its λ) into base, writing a safetensors file at out.
  * Everything is checked before the first output byte: every LoRA opens and resolves onto
  * the base through the key map (unmatched modules are an error unless allow_unmatched),
- * every ΔW fits its target's shape, out is none of the inputs. Memory: about the largest
+ * every ΔW fits its target's shape, no LoRA holds a NaN or ±Inf (LM_EINPUT naming the
+ * file and tensor), out is none of the inputs. Memory: about the largest
  * touched tensor per worker plus the LoRAs; the base is streamed (mmap, pages released
  * after use). Output metadata: the base's metadata, then modelspec.* (architecture,
  * title, implementation, resolution, prediction_type, date, optionally hash_sha256),
@@ -107,7 +113,7 @@ typedef struct lm_bake_report {
  * report (may be NULL) is filled on success and on overflow failure; free it with
  * lm_bake_report_free. Errors: LM_EUSAGE (out is an input, bad option), LM_EMISMATCH
  * (unmatched keys, shape mismatch, LoRA of another architecture), LM_EINPUT
- * (fail_on_overflow), LM_EIO (read, write, disk full: no output file is left),
+ * (a LoRA with NaN/±Inf values; fail_on_overflow), LM_EIO (read, write, disk full: no output file is left),
  * LM_ENOMEM, LM_EINTR. */
 int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *out,
             const lm_bake_opts *opts, lm_bake_report *report, lm_err *err);

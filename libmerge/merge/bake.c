@@ -50,7 +50,7 @@ static int write_copy(bake *b, lm_writer *w, size_t t, lm_err *err)
     return rc;
 }
 
-static int add_overflow(lm_bake_report *rep, const char *name, int64_t count);
+static int add_overflow(lm_bake_report *rep, const char *name, int64_t count, int64_t nonfinite);
 
 /* An untouched tensor whose dtype changes: converted in 1 Mi-element chunks here. */
 static int write_convert(bake *b, lm_writer *w, size_t t, lm_bake_report *rep, const lm_bake_opts *o, lm_err *err)
@@ -80,7 +80,7 @@ static int write_convert(bake *b, lm_writer *w, size_t t, lm_bake_report *rep, c
     free(buf);
     free(tmp);
     if (!rc && ov) {
-        if (add_overflow(rep, e->name, ov)) return lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
+        if (add_overflow(rep, e->name, ov, 0)) return lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
         if (o->fail_on_overflow)
             return lm_err_set(err, LM_EINPUT, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET,
                               "%lld values overflow %s (--fail-on-overflow)", (long long)ov, lm_dtype_name(odt));
@@ -88,16 +88,18 @@ static int write_convert(bake *b, lm_writer *w, size_t t, lm_bake_report *rep, c
     return rc;
 }
 
-static int add_overflow(lm_bake_report *rep, const char *name, int64_t count)
+static int add_overflow(lm_bake_report *rep, const char *name, int64_t count, int64_t nonfinite)
 {
     lm_bake_overflow *o = realloc(rep->overflows, (rep->n_overflows + 1) * sizeof *o);
     if (!o) return LM_ENOMEM;
     rep->overflows = o;
     o[rep->n_overflows].name = strdup(name);
     o[rep->n_overflows].count = count;
+    o[rep->n_overflows].nonfinite = nonfinite;
     if (!o[rep->n_overflows].name) return LM_ENOMEM;
     rep->n_overflows++;
     rep->overflow_total += count;
+    rep->nonfinite_total += nonfinite;
     return 0;
 }
 
@@ -119,9 +121,15 @@ static int run_pipeline(bake *b, lm_writer *w, const lm_bake_opts *o, lm_bake_re
             result *r = &b->res[j];
             if (r->rc) { *err = r->err; rc = r->rc; break; }
             const lm_entry *e = lm_source_entry(b->src, t);
-            if (r->overflow) {
-                if (add_overflow(rep, e->name, r->overflow)) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); break; }
-                if (o->fail_on_overflow) {
+            if (r->overflow || r->nonfinite) {
+                if (add_overflow(rep, e->name, r->overflow, r->nonfinite)) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); break; }
+                if (o->fail_on_overflow && r->nonfinite) {
+                    rc = lm_err_set(err, LM_EINPUT, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET,
+                                    "%lld values became NaN or ±Inf in fp32 (W + Σ λ·ΔW overflows; --fail-on-overflow)",
+                                    (long long)r->nonfinite);
+                    break;
+                }
+                if (o->fail_on_overflow && r->overflow) {
                     rc = lm_err_set(err, LM_EINPUT, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET,
                                     "%lld values overflow %s (|x| too large for the output dtype; --fail-on-overflow)",
                                     (long long)r->overflow, lm_dtype_name(b->odt[t]));
@@ -229,6 +237,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         rep->loras[i].role = loras[i].role ? loras[i].role : "lora";
         if (!isfinite(loras[i].lambda)) { rc = lm_err_set(err, LM_EUSAGE, loras[i].path, NULL, LM_ERR_NO_OFFSET, "λ is not finite"); goto done; }
         if ((rc = lm_lora_open(&b.loras[i], loras[i].path, NULL, err))) { lm_err_file(err, loras[i].path); goto done; }
+        if ((rc = lmm_lora_check_finite(b.loras[i], loras[i].path, err))) goto done;
         if ((rc = lmm_sha256_file(loras[i].path, rep->loras[i].sha256, NULL, err))) goto done;
     }
     if ((rc = lmb_plan(&b, km, &o, rep, err))) goto done;

@@ -22,7 +22,8 @@ enum { MODE_COPY = 0, MODE_CONVERT, MODE_UPDATE };
 typedef struct result {
     void *buf;
     size_t nbytes;
-    int64_t overflow;
+    int64_t overflow;  /* finite → ±Inf on the cast to the output dtype */
+    int64_t nonfinite; /* NaN/±Inf made by the update from finite base values */
     int done, rc;
     lm_err err;
 } result;

@@ -87,6 +87,18 @@ static int compute(bake *b, size_t t, wbuf *wb, void *out, result *r)
         if (rc) { lm_err_file(&r->err, b->in[u->lora].path); lm_err_key(&r->err, lm_lora_module_at(l, u->mod)->name); }
     }
     if (rc) return rc;
+    /* NaN/±Inf made by the update (fp32 overflow, Inf − Inf): one scan of W; the base is
+     * scanned only when W has some, to leave out values that were already there */
+    int64_t nf = lmm_count_nonfinite(W, LM_DT_F32, n);
+    if (nf) {
+        const void *raw = lm_source_raw(b->src, t);
+        int64_t had = -1;
+        if (raw) had = lmm_count_nonfinite(raw, e->dtype, n);
+        else if (!grow(&wb->dw, &wb->dwcap, n) && !lm_source_read_f32(b->src, t, wb->dw, NULL))
+            had = lmm_count_nonfinite(wb->dw, LM_DT_F32, n);
+        nf = had < 0 ? nf : nf > had ? nf - had : 0;
+    }
+    r->nonfinite = nf;
     int64_t ov = lm_convert_from_f32(out, b->odt[t], W, n);
     if (ov < 0) return lm_err_set(&r->err, (int)ov, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET,
                                   "cannot store %s", lm_dtype_name(b->odt[t]));

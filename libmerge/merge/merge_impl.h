@@ -18,6 +18,16 @@ int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err
  * 0x100000, the empty string's hash for a file under 1 MiB). "" on error. */
 void lmm_legacy_hash(const char *path, char out[9]);
 
+/* Number of NaN and ±Inf among n values of float dtype dt at p (any alignment); 0 for
+ * other dtypes. */
+int64_t lmm_count_nonfinite(const void *p, lm_dtype dt, size_t n);
+
+/* Refuses a LoRA with a NaN or ±Inf anywhere in its float tensors (factors, alpha, DoRA
+ * magnitudes): one pass over its bytes, done once when it is opened, so the bake and the
+ * merge never produce NaN from it. Errors: LM_EINPUT naming path and the first bad tensor,
+ * LM_ENOMEM, those of lm_source_read. */
+int lmm_lora_check_finite(const lm_lora *l, const char *path, lm_err *err);
+
 /* Refuses out when it names one of the inputs (same path text, or same device and
  * inode when both exist). Errors: LM_EUSAGE. */
 int lmm_check_output(const char *out, const char *const *inputs, size_t n, lm_err *err);

@@ -154,3 +154,65 @@ void lmm_release_pages(const void *p, size_t n)
     uintptr_t a = ((uintptr_t)p + pg - 1) & ~(uintptr_t)(pg - 1), z = ((uintptr_t)p + n) & ~(uintptr_t)(pg - 1);
     if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
 }
+
+int64_t lmm_count_nonfinite(const void *p, lm_dtype dt, size_t n)
+{
+    /* by the exponent bits (all ones: Inf or NaN), so the loops vectorise and need no
+     * alignment beyond memcpy's */
+    int64_t c = 0;
+    const uint8_t *b = p;
+    switch (dt) {
+    case LM_DT_F32:
+        for (size_t i = 0; i < n; i++) { uint32_t v; memcpy(&v, b + 4 * i, 4); c += (v & 0x7f800000u) == 0x7f800000u; }
+        break;
+    case LM_DT_F16:
+        for (size_t i = 0; i < n; i++) { uint16_t v; memcpy(&v, b + 2 * i, 2); c += (v & 0x7c00u) == 0x7c00u; }
+        break;
+    case LM_DT_BF16:
+        for (size_t i = 0; i < n; i++) { uint16_t v; memcpy(&v, b + 2 * i, 2); c += (v & 0x7f80u) == 0x7f80u; }
+        break;
+    case LM_DT_F64:
+        for (size_t i = 0; i < n; i++) {
+            uint64_t v; memcpy(&v, b + 8 * i, 8);
+            c += (v & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+        }
+        break;
+    case LM_DT_F8_E5M2:
+        for (size_t i = 0; i < n; i++) c += (b[i] & 0x7cu) == 0x7cu;
+        break;
+    case LM_DT_F8_E4M3:   /* no Inf; NaN is S.1111.111 */
+        for (size_t i = 0; i < n; i++) c += (b[i] & 0x7fu) == 0x7fu;
+        break;
+    default:
+        break;
+    }
+    return c;
+}
+
+int lmm_lora_check_finite(const lm_lora *l, const char *path, lm_err *err)
+{
+    const lm_source *s = lm_lora_source(l);
+    void *tmp = NULL;
+    size_t tcap = 0;
+    int rc = 0;
+    for (size_t t = 0; t < lm_source_count(s) && !rc; t++) {
+        const lm_entry *e = lm_source_entry(s, t);
+        if (!lm_dtype_is_float(e->dtype) || !e->numel) continue;
+        const void *raw = lm_source_raw(s, t);
+        if (!raw) {
+            if ((size_t)e->nbytes > tcap) {
+                void *nt = realloc(tmp, (size_t)e->nbytes);
+                if (!nt) { rc = lm_err_set(err, LM_ENOMEM, path, e->name, LM_ERR_NO_OFFSET, "out of memory"); break; }
+                tmp = nt;
+                tcap = (size_t)e->nbytes;
+            }
+            if ((rc = lm_source_read(s, t, tmp, err))) { lm_err_file(err, path); break; }
+            raw = tmp;
+        }
+        int64_t c = lmm_count_nonfinite(raw, e->dtype, (size_t)e->numel);
+        if (c) rc = lm_err_set(err, LM_EINPUT, path, e->name, LM_ERR_NO_OFFSET,
+                               "%lld of %lld values are NaN or ±Inf", (long long)c, (long long)e->numel);
+    }
+    free(tmp);
+    return rc;
+}

@@ -63,6 +63,17 @@ expect lcm_bake_fifo_lora 4 -- timeout 20 "$BIN/lcm-bake" "$BASE" -l "$T.fifo" -
 rm -f "$T.fifo"
 expect lcm_bake_disk_full 4 -- bash -c 'ulimit -f 1024; exec "$@"' _ "$BIN/lcm-bake" "$BASE" -l "$LA" -o "$T/x.safetensors"
 
+# non-finite values: a LoRA holding a NaN is bad input naming file and key; NaN/Inf made by
+# the update in fp32 (alpha 3e38 at λ 1000) are counted, and fail with --fail-on-overflow
+expect lcm_bake_refuses_nan_lora 3 -- "$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_nan.safetensors -o "$T/x.safetensors"
+"$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_nan.safetensors -o "$T/x.safetensors" 2>&1 | grep -q "lora_nan.safetensors: .*attn1_to_q.lora_down.weight: 1 of 128 values are NaN" &&
+  pass lcm_bake_nan_lora_message || fail lcm_bake_nan_lora_message "no file/key in the message"
+expect lcm_bake_nonfinite_fail 3 -- "$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_alpha_huge.safetensors:1000 --dtype fp32 --fail-on-overflow -o "$T/x.safetensors"
+out=$("$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_alpha_huge.safetensors:1000 --json -o "$T/nf.safetensors" 2>&1)
+if [ $? -eq 0 ] && echo "$out" | grep -q '"nonfinite_total":[[:space:]]*1024'; then pass lcm_bake_nonfinite_reported
+else fail lcm_bake_nonfinite_reported "$(echo "$out" | head -c 300)"; fi
+rm -f "$T/nf.safetensors"
+
 # overflow without --fail-on-overflow: written, and reported
 out=$("$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_overflow.safetensors --dtype fp16 -o "$T/ov.safetensors" 2>&1)
 if [ $? -eq 0 ] && echo "$out" | grep -q "overflow .* 1 tensors" && echo "$out" | grep -q "attn1.to_q.weight"; then pass lcm_bake_overflow_reported
