@@ -334,6 +334,93 @@ static void test_attention_query_blocks(void)
     CHECK_NEAR(e, 0, 1e-5);
 }
 
+/* sizes large enough that conv2d, linear, the projections, the norms and the
+ * element-wise ops split their work over threads (columns, rows, channels,
+ * groups, tokens; a channel count that is not a multiple of the im2col
+ * block): same results as the definitions */
+static void test_parallel_sizes(void)
+{
+    double e; int ok;
+    check_conv(37, 24, 24, 160, 3, 1, 1, 1, 1, 1, 1, &e, &ok);   /* output split by columns */
+    CHECK(ok); CHECK_NEAR(e, 0, 1e-4);
+    check_conv(16, 8, 8, 256, 3, 1, 1, 1, 1, 1, 1, &e, &ok);     /* narrow: split by rows */
+    CHECK(ok); CHECK_NEAR(e, 0, 1e-4);
+    check_conv(96, 20, 30, 200, 1, 1, 0, 0, 0, 0, 1, &e, &ok);   /* 1×1 */
+    CHECK(ok); CHECK_NEAR(e, 0, 1e-4);
+
+    int T = 700, in = 128, out = 64;
+    float *x = rand_buf((size_t)T * in), *w = rand_buf((size_t)out * in), *b = rand_buf(out);
+    float *y = malloc((size_t)T * out * sizeof *y), *xt = malloc((size_t)T * in * sizeof *xt);
+    double *r = malloc((size_t)T * out * sizeof *r);
+    for (int t = 0; t < T; t++)
+        for (int o = 0; o < out; o++) {
+            double a = b[o];
+            for (int i = 0; i < in; i++) a += (double)x[t * in + i] * w[o * in + i];
+            r[t * out + o] = a;
+        }
+    lm_linear(x, T, in, w, b, out, y, 0);
+    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 1e-4);
+    for (int t = 0; t < T; t++) for (int i = 0; i < in; i++) xt[i * T + t] = x[t * in + i];
+    lm_proj_to_tokens(xt, in, T, w, b, out, y);
+    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 1e-4);
+    lm_proj_from_tokens(x, T, in, w, b, out, y, 0);
+    double m = 0;
+    for (int t = 0; t < T; t++) for (int o = 0; o < out; o++)
+        m = fmax(m, fabs(y[o * T + t] - r[t * out + o]));
+    CHECK_NEAR(m, 0, 1e-4);
+    free(x); free(w); free(b); free(y); free(xt); free(r);
+
+    /* group norm + SiLU over 64 × 2048, layer norm over 1100 tokens */
+    int C = 64, G = 32, HW = 2048, cpg = C / G;
+    size_t n = (size_t)C * HW;
+    float *g = rand_buf((size_t)C), *be = rand_buf((size_t)C), *gx = rand_buf(n);
+    float *gy = malloc(n * sizeof *gy);
+    double *gr = malloc(n * sizeof *gr);
+    for (size_t i = 0; i < n; i++) gx[i] = gx[i] * 2 - 3;
+    for (int gi = 0; gi < G; gi++) {
+        size_t k = (size_t)cpg * HW;
+        double s = 0, v = 0;
+        for (size_t i = 0; i < k; i++) s += gx[gi * k + i];
+        double mu = s / k;
+        for (size_t i = 0; i < k; i++) v += (gx[gi * k + i] - mu) * (gx[gi * k + i] - mu);
+        double rs = 1 / sqrt(v / k + 1e-5);
+        for (size_t i = 0; i < k; i++) {
+            int c = (int)(gi * cpg + i / HW);
+            double z = (gx[gi * k + i] - mu) * rs * g[c] + be[c];
+            gr[gi * k + i] = z / (1 + exp(-z));
+        }
+    }
+    lm_group_norm(gx, C, HW, G, g, be, 1e-5f, 1, gy);
+    CHECK_NEAR(max_abs_diff(gy, gr, n), 0, 2e-6);
+    int LT = 1100, LC = 64;   /* n = 64 × 2048 ≥ 1100 × 64 */
+    for (int t = 0; t < LT; t++) {
+        const float *xr = gx + (size_t)t * LC;
+        double s = 0, v = 0;
+        for (int c = 0; c < LC; c++) s += xr[c];
+        double mu = s / LC;
+        for (int c = 0; c < LC; c++) v += (xr[c] - mu) * (xr[c] - mu);
+        double rs = 1 / sqrt(v / LC + 1e-5);
+        for (int c = 0; c < LC; c++) gr[(size_t)t * LC + c] = (xr[c] - mu) * rs * g[c] + be[c];
+    }
+    lm_layer_norm(gx, LT, LC, g, be, 1e-5f, gy);
+    CHECK_NEAR(max_abs_diff(gy, gr, (size_t)LT * LC), 0, 2e-6);
+
+    /* GEGLU over 600 tokens of 2 × 100, SiLU and add over n elements */
+    int GT = 600, F = 100;
+    for (int t = 0; t < GT; t++)
+        for (int f = 0; f < F; f++) {
+            double a = gx[(size_t)t * 2 * F + f], q = gx[(size_t)t * 2 * F + F + f];
+            gr[(size_t)t * F + f] = a * 0.5 * q * erfc(-q / sqrt(2.0));
+        }
+    lm_geglu(gx, GT, F, gy);
+    CHECK_NEAR(max_abs_diff(gy, gr, (size_t)GT * F), 0, 1e-5);
+    for (size_t i = 0; i < n; i++) { gy[i] = gx[i]; gr[i] = gx[i] / (1 + exp(-(double)gx[i])) + gx[i]; }
+    lm_silu(gy, n);
+    lm_add(gy, gx, n);
+    CHECK_NEAR(max_abs_diff(gy, gr, n), 0, 1e-5);
+    free(g); free(be); free(gx); free(gy); free(gr);
+}
+
 static void test_timestep_embedding(void)
 {
     float t[3] = { 0, 999, 1 }, o[3 * 32];
@@ -380,6 +467,7 @@ int main(void)
     RUN(test_upsample_softmax_add);
     RUN(test_attention);
     RUN(test_attention_query_blocks);
+    RUN(test_parallel_sizes);
     RUN(test_timestep_embedding);
     RUN(test_tensor_alloc);
     TEST_EXIT();

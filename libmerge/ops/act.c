@@ -5,11 +5,28 @@
 #include "libmerge/ops.h"
 #include "ops/vmath.h"
 #include "ops/prof.h"
+#include "ops/parallel.h"
+
+/* Large element-wise ops run in blocks of CHUNK elements on the ops' threads. */
+#define CHUNK ((size_t)1 << 15)
+
+static int64_t chunks(size_t n) { return (int64_t)((n + CHUNK - 1) / CHUNK); }
+static int threads_for(size_t n) { return n >= 2 * CHUNK ? lm_par_threads() : 1; }
+
+typedef struct { float *y; const float *x; size_t n; int64_t T; int F; } ew_job;
+
+static void silu_chunk(void *p, int64_t i, int tid)
+{
+    const ew_job *j = p;
+    size_t lo = (size_t)i * CHUNK, len = j->n - lo < CHUNK ? j->n - lo : CHUNK;
+    lm_vsilu(j->y + lo, len, 1.0f);
+}
 
 void lm_silu(float *x, size_t n)
 {
     double t0 = lm_prof_t0();
-    lm_vsilu(x, n, 1.0f);
+    ew_job j = { x, NULL, n, 0, 0 };
+    lm_parallel(chunks(n), threads_for(n), silu_chunk, &j);
     lm_prof_end(LM_PROF_ACT, t0);
 }
 
@@ -23,20 +40,38 @@ void lm_quick_gelu(float *x, size_t n)
     lm_vsilu(x, n, 1.702f);
 }
 
+#define GEGLU_TOKENS 16   /* tokens per parallel item */
+
+static void geglu_tokens(void *p, int64_t i, int tid)
+{
+    const ew_job *j = p;
+    int64_t t1 = (i + 1) * GEGLU_TOKENS < j->T ? (i + 1) * GEGLU_TOKENS : j->T;
+    for (int64_t t = i * GEGLU_TOKENS; t < t1; t++) {
+        const float *a = j->x + t * 2 * j->F, *g = a + j->F;
+        lm_vgelu_mul(j->y + t * j->F, a, g, (size_t)j->F);
+    }
+}
+
 void lm_geglu(const float *x, int64_t T, int F, float *y)
 {
     double t0 = lm_prof_t0();
-    for (int64_t t = 0; t < T; t++) {
-        const float *a = x + t * 2 * F, *g = a + F;
-        lm_vgelu_mul(y + t * F, a, g, (size_t)F);
-    }
+    ew_job j = { y, x, 0, T, F };
+    lm_parallel((T + GEGLU_TOKENS - 1) / GEGLU_TOKENS, threads_for((size_t)T * F), geglu_tokens, &j);
     lm_prof_end(LM_PROF_ACT, t0);
+}
+
+static void add_chunk(void *p, int64_t i, int tid)
+{
+    const ew_job *j = p;
+    size_t lo = (size_t)i * CHUNK, hi = j->n - lo < CHUNK ? j->n : lo + CHUNK;
+    for (size_t k = lo; k < hi; k++) j->y[k] += j->x[k];
 }
 
 void lm_add(float *y, const float *x, size_t n)
 {
     double t0 = lm_prof_t0();
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    ew_job j = { y, x, n, 0, 0 };
+    lm_parallel(chunks(n), threads_for(n), add_chunk, &j);
     lm_prof_end(LM_PROF_OTHER, t0);
 }
 

@@ -1,10 +1,11 @@
 /* conv2d (im2col in slabs of output rows + sgemm, 1×1 as one sgemm), linear
  * layers and the 1×1 projections between images and tokens. */
 #include <string.h>
-#include <cblas.h>
 
 #include "libmerge/ops.h"
 #include "ops/prof.h"
+#include "ops/gemm.h"
+#include "ops/parallel.h"
 
 /* Upper bound on the im2col slab, in floats (32 MiB): large enough for
  * sgemm to run at full speed, small enough to stay off the memory peak. */
@@ -17,13 +18,14 @@ int64_t lm_conv2d_out_size(int64_t in, int k, int stride, int pad_lo, int pad_hi
     return span / stride + 1;
 }
 
-/* col [C·k·k, rows·OW] for output rows [oy0, oy0+rows). Row index of col is
- * (c·k + ky)·k + kx, which matches w [OC, C, k, k] read as [OC, C·k·k]. */
-static void im2col(const float *x, int C, int H, int W, int k, int stride, int pad_t, int pad_l,
-                   int oy0, int rows, int OW, float *col)
+/* col [C·k·k, rows·OW] for output rows [oy0, oy0+rows), channels [c0, c1).
+ * Row index of col is (c·k + ky)·k + kx, which matches w [OC, C, k, k] read
+ * as [OC, C·k·k]. */
+static void im2col(const float *x, int c0, int c1, int H, int W, int k, int stride, int pad_t,
+                   int pad_l, int oy0, int rows, int OW, float *col)
 {
     size_t n = (size_t)rows * OW;
-    for (int c = 0; c < C; c++) {
+    for (int c = c0; c < c1; c++) {
         const float *xc = x + (size_t)c * H * W;
         for (int ky = 0; ky < k; ky++) {
             for (int kx = 0; kx < k; kx++) {
@@ -49,6 +51,22 @@ static void im2col(const float *x, int C, int H, int W, int k, int stride, int p
             }
         }
     }
+}
+
+typedef struct {
+    const float *x;
+    int H, W, k, stride, pad_t, pad_l, oy0, rows, OW, cpi;
+    float *col;
+} im2col_job;
+
+#define IM2COL_CHANNELS 16   /* channels per parallel item */
+
+static void im2col_item(void *p, int64_t item, int tid)
+{
+    const im2col_job *j = p;
+    int c0 = (int)item * j->cpi;
+    im2col(j->x, c0, c0 + j->cpi, j->H, j->W, j->k, j->stride, j->pad_t, j->pad_l, j->oy0, j->rows,
+           j->OW, j->col);
 }
 
 /* y[c, i] = v[c] for y [C, n] */
@@ -88,8 +106,7 @@ int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *
         beta = 1.0f;
     }
     if (is1) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, (int)P, C, 1.0f, w, C,
-                    x, (int)P, beta, y, (int)P);
+        lm_sgemm(0, 0, OC, (int)P, C, 1.0f, w, C, x, (int)P, beta, y, (int)P);
     } else {
         size_t K = (size_t)C * k * k;
         size_t rows = SLAB_FLOATS / (K * (size_t)OW);
@@ -100,10 +117,14 @@ int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *
         for (size_t oy = 0; oy < (size_t)OH; oy += rows) {
             size_t r = rows < (size_t)OH - oy ? rows : (size_t)OH - oy;
             double t1 = lm_prof_t0();
-            im2col(x, C, H, W, k, stride, pad[0], pad[1], (int)oy, (int)r, (int)OW, col);
+            int full = C / IM2COL_CHANNELS * IM2COL_CHANNELS;
+            im2col_job ij = { x, H, W, k, stride, pad[0], pad[1], (int)oy, (int)r, (int)OW,
+                              IM2COL_CHANNELS, col };
+            lm_parallel(full / IM2COL_CHANNELS, lm_par_threads(), im2col_item, &ij);
+            im2col(x, full, C, H, W, k, stride, pad[0], pad[1], (int)oy, (int)r, (int)OW, col);
             lm_prof_end(LM_PROF_IM2COL, t1);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, (int)(r * OW), (int)K, 1.0f,
-                        w, (int)K, col, (int)(r * OW), beta, y + oy * OW, (int)P);
+            lm_sgemm(0, 0, OC, (int)(r * OW), (int)K, 1.0f, w, (int)K, col, (int)(r * OW), beta,
+                     y + oy * OW, (int)P);
         }
     }
     lm_prof_end_fl(is1 ? LM_PROF_CONV1 : LM_PROF_CONV3, t0, 2.0 * OC * (double)P * C * k * k);
@@ -115,8 +136,7 @@ void lm_linear(const float *x, int64_t T, int in, const float *w, const float *b
 {
     double t0 = lm_prof_t0();
     if (b) bias_tokens(y, T, out, b, accumulate);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, out, in, 1.0f, x, in, w, in,
-                (accumulate || b) ? 1.0f : 0.0f, y, out);
+    lm_sgemm(0, 1, (int)T, out, in, 1.0f, x, in, w, in, (accumulate || b) ? 1.0f : 0.0f, y, out);
     lm_prof_end_fl(LM_PROF_LINEAR, t0, 2.0 * (double)T * out * in);
 }
 
@@ -125,8 +145,7 @@ void lm_proj_to_tokens(const float *x, int C, int64_t HW, const float *w, const 
 {
     double t0 = lm_prof_t0();
     if (b) bias_tokens(y, HW, out, b, 0);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)HW, out, C, 1.0f, x, (int)HW, w, C,
-                b ? 1.0f : 0.0f, y, out);
+    lm_sgemm(1, 1, (int)HW, out, C, 1.0f, x, (int)HW, w, C, b ? 1.0f : 0.0f, y, out);
     lm_prof_end_fl(LM_PROF_CONV1, t0, 2.0 * (double)HW * out * C);
 }
 
@@ -134,8 +153,7 @@ void lm_proj_from_tokens(const float *x, int64_t HW, int C, const float *w, cons
                          int out, float *y, int accumulate)
 {
     double t0 = lm_prof_t0();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, out, (int)HW, C, 1.0f, w, C, x, C,
-                accumulate ? 1.0f : 0.0f, y, (int)HW);
+    lm_sgemm(0, 1, out, (int)HW, C, 1.0f, w, C, x, C, accumulate ? 1.0f : 0.0f, y, (int)HW);
     if (b)
         for (int o = 0; o < out; o++)
             for (int64_t i = 0; i < HW; i++) y[(size_t)o * HW + i] += b[o];
