@@ -111,6 +111,18 @@ static int read_factor(const lm_lora *l, size_t i, lm_lora_factor f, float *dst,
     return lm_source_read_f32(s, (size_t)e, dst, err);
 }
 
+/* Finite inputs whose re-factorisation still overflows fp32 (|values| near 3.4e38):
+ * bad input, named by the first input of the group. */
+static int check_factors(job *J, group *g, lm_err *err)
+{
+    int64_t out = g->om.shape[0], N = numel(g->om.shape, g->om.ndim) / out;
+    if (lmm_count_nonfinite(g->om.up, LM_DT_F32, (size_t)(out * g->om.k)) ||
+        lmm_count_nonfinite(g->om.down, LM_DT_F32, (size_t)(g->om.k * N)))
+        return lm_err_set(err, LM_EINPUT, J->in[g->parts[0].in].path, g->key, LM_ERR_NO_OFFSET,
+                          "the factorised ΔW overflows fp32 (λ or alpha/rank too large)");
+    return 0;
+}
+
 static int compute_group(job *J, group *g, lm_err *err)
 {
     int rc = group_shape(J, g, err);
@@ -155,6 +167,13 @@ static int compute_group(job *J, group *g, lm_err *err)
             for (int64_t i = 0; !rc && i < out; i++)
                 for (int64_t j = 0; j < r; j++) U[i * R + off + j] = c * up[i * r + j];
             free(up);
+            /* the inputs are finite (checked when opened): a non-finite folded factor is
+             * λ·alpha/rank·up beyond fp32, bad input rather than a factorisation failure */
+            for (int64_t i = 0; !rc && i < out; i++)
+                if (lmm_count_nonfinite(U + i * R + off, LM_DT_F32, (size_t)r))
+                    rc = lm_err_set(err, LM_EINPUT, J->in[g->parts[k].in].path, m->name, LM_ERR_NO_OFFSET,
+                                    "λ·alpha/rank·up overflows fp32 (λ = %g, alpha/rank = %g)",
+                                    J->in[g->parts[k].in].lambda, (double)m->scale);
             off += r;
         }
         if (!rc && J->rank == 0) {
@@ -177,6 +196,7 @@ static int compute_group(job *J, group *g, lm_err *err)
         free(U);
         free(D);
         g->rep.rank = g->om.k;
+        if (!rc) rc = check_factors(J, g, err);
         return rc;
     }
     /* dense: Σ λ ΔW, then sgesdd */
@@ -192,10 +212,14 @@ static int compute_group(job *J, group *g, lm_err *err)
         if (rc) { lm_err_file(err, J->in[g->parts[k].in].path); break; }
         cblas_saxpy((int)(out * N), (float)J->in[g->parts[k].in].lambda, d, 1, A, 1);
     }
+    if (!rc && lmm_count_nonfinite(A, LM_DT_F32, (size_t)(out * N)))
+        rc = lm_err_set(err, LM_EINPUT, J->in[g->parts[0].in].path, g->key, LM_ERR_NO_OFFSET,
+                        "Σ λ·ΔW overflows fp32 (λ or alpha/rank too large)");
     if (!rc) rc = lmm_svd_auto(A, out, N, J->rank, g->om.up, g->om.down, &g->om.k, &g->rep.rel_error, &g->rep.energy, err);
     g->rep.rank = g->om.k;
     free(A);
     free(d);
+    if (!rc) rc = check_factors(J, g, err);
     return rc;
 }
 
@@ -343,6 +367,7 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         if ((rc = lm_lora_open(&J.loras[i], inputs[i].path, NULL, err))) { lm_err_file(err, inputs[i].path); goto done; }
+        if ((rc = lmm_lora_check_finite(J.loras[i], inputs[i].path, err))) goto done;
         if ((rc = lmm_sha256_file(inputs[i].path, rep->input_sha256[i], NULL, err))) goto done;
         total += lm_lora_count(J.loras[i]);
     }

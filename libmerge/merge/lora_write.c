@@ -87,6 +87,12 @@ int lmm_write_lora(const char *out, const lmm_outmod *mods, size_t n, lm_lora_fo
             buf = nbuf;
             bcap = nb;
         }
+        if (lmm_count_nonfinite(src, LM_DT_F32, cnt)) {
+            /* the inputs were finite: the arithmetic overflowed fp32 */
+            rc = lm_err_set(err, LM_EINPUT, out, wt[t].name, LM_ERR_NO_OFFSET,
+                            "a merged factor is NaN or ±Inf (λ·alpha/rank too large for fp32)");
+            break;
+        }
         int64_t ov = lm_convert_from_f32(buf, dt, src, cnt);
         if (ov < 0) { rc = lm_err_set(err, LM_EUSAGE, out, wt[t].name, LM_ERR_NO_OFFSET, "cannot store %s", lm_dtype_name(dt)); break; }
         if (ov > 0) {
