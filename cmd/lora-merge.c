@@ -40,7 +40,7 @@ static lm_dtype parse_dtype(const char *s, int *ok)
     return LM_DT_INVALID;
 }
 
-static void print_json(const char *out, const lm_lmerge_report *r, int ok, const lm_err *err, int rank)
+static void print_json(const char *out, const lm_lmerge_report *r, int ok, const lm_err *err, int rank, const char *warning)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddBoolToObject(o, "ok", ok);
@@ -73,6 +73,10 @@ static void print_json(const char *out, const lm_lmerge_report *r, int ok, const
         cJSON_AddNumberToObject(e, "energy", m->energy);
         cJSON_AddItemToArray(a, e);
     }
+    cJSON *dr = cJSON_AddArrayToObject(o, "dropped");
+    for (size_t i = 0; i < r->n_dropped; i++) cJSON_AddItemToArray(dr, cJSON_CreateString(r->dropped[i]));
+    cJSON *w = cJSON_AddArrayToObject(o, "warnings");
+    if (ok && warning) cJSON_AddItemToArray(w, cJSON_CreateString(warning));
     char *t = cJSON_Print(o);
     puts(t);
     free(t);
@@ -92,6 +96,11 @@ static void print_human(const char *out, const lm_lmerge_report *r, int rank)
                    r->modules[i].rel_error, r->modules[i].energy);
     } else if (r->n_modules) {
         printf("exact: ΔW = Σ λ·ΔW, ranks concatenated (alpha = rank, scale 1)\n");
+    }
+    if (r->n_dropped) {
+        printf("dropped %zu modules whose Σ λ·ΔW is zero (the inputs cancel):", r->n_dropped);
+        for (size_t i = 0; i < r->n_dropped && i < 5; i++) printf(" %s", r->dropped[i]);
+        printf("%s\n", r->n_dropped > 5 ? " …" : "");
     }
 }
 
@@ -173,7 +182,13 @@ int main(int argc, char **argv)
         free(in);
         free(paths);
     }
-    if (json) print_json(out, &r, rc == 0, &err, o.rank);
+    /* an empty LoRA is written (a valid file), but never silently */
+    const char *warning = NULL;
+    if (!rc && r.n_modules == 0)
+        warning = extract ? "BASE and TUNED have identical weights: the extracted LoRA has no modules"
+                          : "every module's Σ λ·ΔW is zero: the merged LoRA has no modules";
+    if (warning) fprintf(stderr, "%s: warning: %s\n", PROG, warning);
+    if (json) print_json(out, &r, rc == 0, &err, o.rank, warning);
     else if (!rc) print_human(out, &r, o.rank);
     int status = rc ? lm_cli_fail(PROG, &err) : 0;
     lm_lmerge_report_free(&r);

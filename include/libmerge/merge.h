@@ -158,6 +158,10 @@ typedef struct lm_lmerge_report {
     uint64_t bytes_written;
     char (*input_sha256)[65];  /* one per input, in the order given */
     size_t n_inputs;
+    char **dropped;            /* rank R > 0: modules left out because their Σ λ·ΔW is zero
+                                  within fp32 rounding (‖Σ λ·ΔW‖_F ≤ 1e-5 · Σ |λ|·‖ΔW‖_F,
+                                  e.g. X and X:-1, or every λ 0); names as written */
+    size_t n_dropped;
     double seconds_total;
 } lm_lmerge_report;
 
@@ -176,7 +180,8 @@ typedef struct lm_lmerge_report {
  * concatenated factors when every input module is plain up·down, else on the dense ΔW
  * (LAPACKE sgesdd, or a randomised SVD when R + 16 ≤ min(out, in·k·k)/4); conv k×k as LoCon does: ΔW reshaped to
  * [out, in·k·k], down [R, in, k, k], up [out, R, 1, 1]. R larger than min(out, in·k·k) is
- * clipped for that module. Errors: LM_EMISMATCH (same module, different shapes; different
+ * clipped for that module. A module whose Σ λ·ΔW cancels to zero (within fp32 rounding of
+ * its inputs) is not written and is listed in report->dropped. Errors: LM_EMISMATCH (same module, different shapes; different
  * architectures), LM_EUNSUPPORTED, LM_EUSAGE (out is an input), LM_EIO, LM_ENOMEM. */
 int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
                   const lm_lmerge_opts *opts, lm_lmerge_report *report, lm_err *err);

@@ -14,6 +14,7 @@
 #include "meta.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,7 @@ typedef struct group {
     size_t np;
     lmm_outmod om;
     lm_lmerge_module rep;
+    int dropped;       /* Σ λ·ΔW is zero within rounding: not written */
 } group;
 
 typedef struct job {
@@ -123,6 +125,25 @@ static int check_factors(job *J, group *g, lm_err *err)
     return 0;
 }
 
+/* After a rank-R factorisation: ‖ΔW‖_F = ‖up‖_F / √energy (up = U_R·Σ_R, energy = kept / total
+ * of Σ σ²). A ΔW that small next to the inputs it came from (ref = Σ ‖λ_i ΔW_i‖_F or a bound
+ * of it) is rounding noise of a cancellation (X and X:-1, every λ 0): its "factors" would be
+ * noise and its error and energy meaningless, so the module is dropped. 1e-5 is ~100 fp32
+ * ulps: a real difference of the inputs is far above it. */
+static void drop_if_zero(group *g, int64_t out, int64_t N, double ref)
+{
+    (void)N;
+    double up = g->om.k ? (double)cblas_snrm2((int)(out * g->om.k), g->om.up, 1) : 0;
+    double norm = g->rep.energy > 0 ? up / sqrt(g->rep.energy) : up;
+    if (norm <= 1e-5 * ref) {
+        g->dropped = 1;
+        g->om.k = 0;
+        g->rep.rank = 0;
+        g->rep.rel_error = 0;
+        g->rep.energy = 1;
+    }
+}
+
 static int compute_group(job *J, group *g, lm_err *err)
 {
     int rc = group_shape(J, g, err);
@@ -155,6 +176,7 @@ static int compute_group(job *J, group *g, lm_err *err)
         float *U = malloc((size_t)(out * R) * sizeof *U), *D = malloc((size_t)(R * N) * sizeof *D);
         if (!U || !D) { free(U); free(D); return lm_err_set(err, LM_ENOMEM, NULL, g->key, LM_ERR_NO_OFFSET, "out of memory"); }
         int64_t off = 0;
+        double ref = 0;    /* Σ ‖c_i·up_i‖_F·‖down_i‖_F ≥ Σ ‖λ_i ΔW_i‖_F */
         for (size_t k = 0; k < g->np && !rc; k++) {
             const lm_lora *l = J->loras[g->parts[k].in];
             const lm_lora_module *m = lm_lora_module_at(l, g->parts[k].mod);
@@ -166,6 +188,7 @@ static int compute_group(job *J, group *g, lm_err *err)
             float c = (float)(J->in[g->parts[k].in].lambda * (double)m->scale);
             for (int64_t i = 0; !rc && i < out; i++)
                 for (int64_t j = 0; j < r; j++) U[i * R + off + j] = c * up[i * r + j];
+            if (!rc) ref += fabs((double)c) * (double)cblas_snrm2((int)(out * r), up, 1) * (double)cblas_snrm2((int)(r * N), D + off * N, 1);
             free(up);
             /* the inputs are finite (checked when opened): a non-finite folded factor is
              * λ·alpha/rank·up beyond fp32, bad input rather than a factorisation failure */
@@ -193,6 +216,7 @@ static int compute_group(job *J, group *g, lm_err *err)
             else rc = lmm_svd_lowrank(U, D, out, N, R, J->rank, g->om.up, g->om.down, &g->om.k,
                                       &g->rep.rel_error, &g->rep.energy, err);
         }
+        if (!rc) drop_if_zero(g, out, N, ref);
         free(U);
         free(D);
         g->rep.rank = g->om.k;
@@ -206,16 +230,19 @@ static int compute_group(job *J, group *g, lm_err *err)
     g->om.up = malloc((size_t)(out * kmax) * sizeof *g->om.up);
     g->om.down = malloc((size_t)(kmax * N) * sizeof *g->om.down);
     if (!A || !d || !g->om.up || !g->om.down) { free(A); free(d); return lm_err_set(err, LM_ENOMEM, NULL, g->key, LM_ERR_NO_OFFSET, "out of memory"); }
+    double ref = 0;
     for (size_t k = 0; k < g->np && !rc; k++) {
         const lm_lora *l = J->loras[g->parts[k].in];
         rc = lm_lora_delta(l, g->parts[k].mod, d, err);
         if (rc) { lm_err_file(err, J->in[g->parts[k].in].path); break; }
+        ref += fabs(J->in[g->parts[k].in].lambda) * (double)cblas_snrm2((int)(out * N), d, 1);
         cblas_saxpy((int)(out * N), (float)J->in[g->parts[k].in].lambda, d, 1, A, 1);
     }
     if (!rc && lmm_count_nonfinite(A, LM_DT_F32, (size_t)(out * N)))
         rc = lm_err_set(err, LM_EINPUT, J->in[g->parts[0].in].path, g->key, LM_ERR_NO_OFFSET,
                         "Σ λ·ΔW overflows fp32 (λ or alpha/rank too large)");
     if (!rc) rc = lmm_svd_auto(A, out, N, J->rank, g->om.up, g->om.down, &g->om.k, &g->rep.rel_error, &g->rep.energy, err);
+    if (!rc) drop_if_zero(g, out, N, ref);
     g->rep.rank = g->om.k;
     free(A);
     free(d);
@@ -427,9 +454,10 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
     const char *te_prefix = (te1 || te2) ? "lora_te1_" : "lora_te_";
     om = calloc(J.ng ? J.ng : 1, sizeof *om);
     rep->modules = calloc(J.ng ? J.ng : 1, sizeof *rep->modules);
-    rep->n_modules = J.ng;
+    rep->dropped = calloc(J.ng ? J.ng : 1, sizeof *rep->dropped);
+    size_t nw = 0;
     int uniform = -1;
-    for (size_t i = 0; om && rep->modules && i < J.ng; i++) {
+    for (size_t i = 0; om && rep->modules && rep->dropped && i < J.ng; i++) {
         group *g = &J.g[i];
         char norm[544];
         const lm_lora_module *m0 = lm_lora_module_at(J.loras[g->parts[0].in], g->parts[0].mod);
@@ -440,13 +468,19 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
         for (size_t k = 0; k < g->np && npm < 64; k++) pm[npm++] = lm_lora_module_at(J.loras[g->parts[k].in], g->parts[k].mod);
         g->om.peft_name = lmm_peft_name(pm, npm);
         if (!g->om.peft_name && km) g->om.peft_name = lmm_peft_from_base(bsrc, lm_keymap_info(km), g->key);
-        om[i] = g->om;
-        rep->modules[i] = g->rep;
-        rep->modules[i].name = strdup(o.format == LM_LFMT_PEFT && g->om.peft_name ? g->om.peft_name : g->om.kohya_name);
+        const char *wname = o.format == LM_LFMT_PEFT && g->om.peft_name ? g->om.peft_name : g->om.kohya_name;
+        if (g->dropped) {
+            if (!(rep->dropped[rep->n_dropped++] = strdup(wname ? wname : g->key))) { free(parts); rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+            continue;
+        }
+        om[nw] = g->om;
+        rep->modules[nw] = g->rep;
+        rep->modules[nw].name = strdup(wname);
+        rep->n_modules = ++nw;
         uniform = uniform == -1 ? g->om.k : uniform == g->om.k ? uniform : 0;
     }
     free(parts);
-    if (!om || !rep->modules) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+    if (!om || !rep->modules || !rep->dropped) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
     summarise(rep);
     /* recipe + metadata */
     recipe.tool = "lora-merge";
@@ -471,7 +505,7 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
         rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
         goto done;
     }
-    rc = lmm_write_lora(out, om, J.ng, o.format, dt, &meta, paths, n + (o.base != NULL), &rep->bytes_written, err);
+    rc = lmm_write_lora(out, om, nw, o.format, dt, &meta, paths, n + (o.base != NULL), &rep->bytes_written, err);
 done:
     for (size_t i = 0; J.g && i < J.ng; i++) {
         free(J.g[i].om.up); free(J.g[i].om.down); free(J.g[i].om.kohya_name); free(J.g[i].om.peft_name);
@@ -497,5 +531,7 @@ void lm_lmerge_report_free(lm_lmerge_report *r)
     for (size_t i = 0; i < r->n_modules; i++) free(r->modules[i].name);
     free(r->modules);
     free(r->input_sha256);
+    for (size_t i = 0; i < r->n_dropped; i++) free(r->dropped[i]);
+    free(r->dropped);
     memset(r, 0, sizeof *r);
 }

@@ -34,6 +34,25 @@ out=$("$BIN/lora-merge" --extract "$BASE" "$T/tuned.safetensors" --rank 4 -o "$T
 if [ $? -eq 0 ] && echo "$out" | grep -q "6 modules"; then pass lora_merge_extract
 else fail lora_merge_extract "$out"; fi
 
+# cancelling inputs: modules dropped with a note, the empty result written with a warning
+out=$("$BIN/lora-merge" "$LA" "$LA:-1" --rank 4 -o "$T/c.safetensors" 2>"$T/cerr")
+if [ $? -eq 0 ] && echo "$out" | grep -q "0 modules" && echo "$out" | grep -q "^dropped 6 modules" &&
+   grep -q "warning: every module" "$T/cerr"; then pass lora_merge_cancel_dropped
+else fail lora_merge_cancel_dropped "$out $(cat "$T/cerr")"; fi
+"$BIN/lora-merge" "$LA:0" "$LB:0" --rank 2 --json -o "$T/c.safetensors" >"$T/c.json" 2>/dev/null
+if grep -q '"modules_written":[[:space:]]*0' "$T/c.json" && grep -q '"dropped":[[:space:]]*\["lora_unet' "$T/c.json" &&
+   grep -q '"warnings":[[:space:]]*\["every module' "$T/c.json"; then pass lora_merge_zero_lambda_dropped
+else fail lora_merge_zero_lambda_dropped "$(head -c 300 "$T/c.json")"; fi
+# a near-cancellation (λ 1 and -0.9999) is a real difference and is kept
+out=$("$BIN/lora-merge" "$LA" "$LA:-0.9999" --rank 4 -o "$T/c.safetensors" 2>&1)
+if echo "$out" | grep -q "6 modules" && ! echo "$out" | grep -q "^dropped"; then pass lora_merge_near_cancel_kept
+else fail lora_merge_near_cancel_kept "$out"; fi
+"$BIN/lora-merge" --extract "$BASE" "$BASE" --rank 4 --json -o "$T/c.safetensors" >"$T/c.json" 2>"$T/cerr"
+if [ $? -eq 0 ] && grep -q "warning: BASE and TUNED have identical weights" "$T/cerr" && grep -q '"warnings":[[:space:]]*\["BASE and TUNED' "$T/c.json"; then
+  pass lora_merge_extract_identical_warns
+else fail lora_merge_extract_identical_warns "$(cat "$T/cerr")"; fi
+rm -f "$T/c.safetensors" "$T/c.json" "$T/cerr"
+
 n=$(ls -A "$T" | wc -l)
 st() { "$@" >/dev/null 2>"$T.err"; echo $?; }
 check() {  # NAME WANT STATUS
