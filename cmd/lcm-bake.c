@@ -139,13 +139,14 @@ int main(int argc, char **argv)
     lm_weighted *in = calloc((size_t)argc, sizeof *in);
     char (*paths)[4096] = calloc((size_t)argc, sizeof *paths);
     size_t n = 0;
-    if (!in || !paths) return LM_EXIT_INTERNAL;
+    int status = 0;
+    if (!in || !paths) { status = LM_EXIT_INTERNAL; goto finish; }
     int c;
     while ((c = getopt_long(argc, argv, "l:o:d:t:jh", longopts, NULL)) != -1) {
         switch (c) {
         case 'l': case 'L':
             if (lm_parse_weighted(optarg, paths[n], sizeof paths[n], &in[n].lambda))
-                return lm_cli_usage_error(PROG, "bad LoRA argument '%s' (PATH[:λ])", optarg);
+                { status = lm_cli_usage_error(PROG, "bad LoRA argument '%s' (PATH[:λ])", optarg); goto finish; }
             in[n].path = paths[n];
             in[n].role = c == 'L' ? "lcm" : "lora";
             n++;
@@ -154,13 +155,13 @@ int main(int argc, char **argv)
         case 'd': {
             int ok;
             o.out_dtype = parse_dtype(optarg, &ok);
-            if (!ok) return lm_cli_usage_error(PROG, "--dtype must be keep, fp16, bf16 or fp32, not '%s'", optarg);
+            if (!ok) { status = lm_cli_usage_error(PROG, "--dtype must be keep, fp16, bf16 or fp32, not '%s'", optarg); goto finish; }
             break;
         }
         case 't': {
             char *end;
             long v = strtol(optarg, &end, 10);
-            if (*end || v < 0 || v > 64) return lm_cli_usage_error(PROG, "--threads must be 0..64, not '%s'", optarg);
+            if (*end || v < 0 || v > 64) { status = lm_cli_usage_error(PROG, "--threads must be 0..64, not '%s'", optarg); goto finish; }
             o.threads = (int)v;
             break;
         }
@@ -170,13 +171,13 @@ int main(int argc, char **argv)
         case 'H': o.hash_output = 1; break;
         case 'N': o.hash_output = 0; break;
         case 'T': o.title = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return LM_EXIT_USAGE;
+        case 'h': usage(stdout); goto finish;
+        default: usage(stderr); status = LM_EXIT_USAGE; goto finish;
         }
     }
-    if (optind != argc - 1) { usage(stderr); return LM_EXIT_USAGE; }
-    if (!out) return lm_cli_usage_error(PROG, "no output: give -o OUT");
-    if (n == 0) return lm_cli_usage_error(PROG, "no LoRA: give -l LORA[:λ] or --lcm LORA[:λ]");
+    if (optind != argc - 1) { usage(stderr); status = LM_EXIT_USAGE; goto finish; }
+    if (!out) { status = lm_cli_usage_error(PROG, "no output: give -o OUT"); goto finish; }
+    if (n == 0) { status = lm_cli_usage_error(PROG, "no LoRA: give -l LORA[:λ] or --lcm LORA[:λ]"); goto finish; }
     const char *base = argv[optind];
     lm_atomic_install_signal_handlers();
     /* tensor-sized buffers come and go: keep them out of the heap, so freed memory
@@ -187,7 +188,6 @@ int main(int argc, char **argv)
     lm_err err;
     lm_err_clear(&err);
     int rc = lm_bake(base, in, n, out, &o, &r, &err);
-    int status = 0;
     if (json) print_json(out, &r, rc == 0, &err);
     else if (!rc) print_human(base, out, &r);
     if (rc) {
@@ -195,6 +195,7 @@ int main(int argc, char **argv)
         status = lm_cli_fail(PROG, &err);
     }
     lm_bake_report_free(&r);
+finish:
     free(in);
     free(paths);
     return status;

@@ -172,12 +172,13 @@ int main(int argc, char **argv)
         size_t n = (size_t)(argc - optind);
         lm_weighted *in = calloc(n, sizeof *in);
         char (*paths)[4096] = calloc(n, sizeof *paths);
-        if (!in || !paths) return LM_EXIT_INTERNAL;
-        for (size_t i = 0; i < n; i++) {
+        int bad = !in || !paths ? LM_EXIT_INTERNAL : 0;
+        for (size_t i = 0; !bad && i < n; i++) {
             if (lm_parse_weighted(argv[optind + (int)i], paths[i], sizeof paths[i], &in[i].lambda))
-                return lm_cli_usage_error(PROG, "bad LoRA argument '%s' (PATH[:λ])", argv[optind + (int)i]);
+                bad = lm_cli_usage_error(PROG, "bad LoRA argument '%s' (PATH[:λ])", argv[optind + (int)i]);
             in[i].path = paths[i];
         }
+        if (bad) { free(in); free(paths); return bad; }
         rc = lm_lora_merge(in, n, out, &o, &r, &err);
         free(in);
         free(paths);

@@ -48,6 +48,17 @@ expect lcm_bake_usage_no_output 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA"
 expect lcm_bake_usage_no_lora 2 -- "$BIN/lcm-bake" "$BASE" -o "$T/x.safetensors"
 expect lcm_bake_usage_bad_dtype 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA" --dtype fp8 -o "$T/x.safetensors"
 expect lcm_bake_usage_bad_lambda_path 2 -- "$BIN/lcm-bake" "$BASE" -l ":0.5" -o "$T/x.safetensors"
+expect lcm_bake_usage_threads_negative 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA" --threads -1 -o "$T/x.safetensors"
+expect lcm_bake_usage_threads_too_many 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA" --threads 65 -o "$T/x.safetensors"
+expect lcm_bake_usage_bad_lambda 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA:1e39" -o "$T/x.safetensors"
+# getopt's own messages start with the program path: status only (under ASan a leak exits 1)
+for a in "--bogus" "--dtype"; do
+  "$BIN/lcm-bake" "$BASE" -l "$LA" -o "$T/x.safetensors" $a >/dev/null 2>"$T.err"; st=$?
+  [ $st -eq 2 ] && empty && pass "lcm_bake_usage_flag_${a#--}" || fail "lcm_bake_usage_flag_${a#--}" "exit $st: $(head -c 300 "$T.err")"
+done
+"$BIN/lcm-bake" -l "$LA" -o "$T/x.safetensors" >/dev/null 2>"$T.err"; st=$?
+[ $st -eq 2 ] && empty && pass lcm_bake_usage_no_base || fail lcm_bake_usage_no_base "exit $st: $(head -c 300 "$T.err")"
+rm -f "$T.err"
 expect lcm_bake_refuses_output_is_input 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA" -o "$BASE"
 expect lcm_bake_refuses_output_is_lora 2 -- "$BIN/lcm-bake" "$BASE" -l "$LA" -o "$LA"
 expect lcm_bake_refuses_unmatched 3 -- "$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_unmatched.safetensors -o "$T/x.safetensors"
