@@ -123,7 +123,7 @@ int main(int argc, char **argv)
         case 'r': {
             char *end;
             long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > 100000) return lm_cli_usage_error(PROG, "--rank must be a positive integer, not '%s'", optarg);
+            if (*end || v < 1 || v > 100000) return lm_cli_usage_error(PROG, "--rank must be an integer from 1 to 100000, not '%s'", optarg);
             o.rank = (int)v;
             have_rank = 1;
             break;

@@ -96,3 +96,13 @@ out=$("$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_unmatched.safetensors --allo
 if [ $? -eq 0 ] && echo "$out" | grep -q "1 unmatched (skipped)"; then pass lcm_bake_allow_unmatched
 else fail lcm_bake_allow_unmatched "$out"; fi
 rm -f "$T/u.safetensors"
+
+# lcm-bake(1) documents every option --help lists, the hashing default and the thread cap
+man=$(sed 's/\\-/-/g; s/\\f[BIR]//g' man/man1/lcm-bake.1)
+missing=
+for opt in $("$BIN/lcm-bake" --help | grep -o -- '--[a-z-]*' | sort -u); do
+  echo "$man" | grep -q -- "$opt" || missing="$missing $opt"
+done
+if [ -z "$missing" ] && echo "$man" | grep -q "Hashing is on by default" && echo "$man" | grep -q "capped at 64"; then
+  pass lcm_bake_man_matches_options
+else fail lcm_bake_man_matches_options "undocumented:$missing"; fi

@@ -87,3 +87,15 @@ check lora_merge_extract_fifo_base 4 "$(st timeout 20 "$BIN/lora-merge" --extrac
 rm -f "$T.fifo"
 check lora_merge_disk_full 4 "$(st bash -c 'ulimit -f 8; exec "$@"' _ "$BIN/lora-merge" "$LA" "$LB" --exact -o "$T/x.safetensors")"
 rm -f "$T.err"
+
+# lora-merge(1) documents every option --help lists and the real caps; the error says the cap
+man=$(sed 's/\\-/-/g; s/\\f[BIR]//g' man/man1/lora-merge.1)
+missing=
+for opt in $("$BIN/lora-merge" --help | grep -o -- '--[a-z-]*' | sort -u); do
+  echo "$man" | grep -q -- "$opt" || missing="$missing $opt"
+done
+if [ -z "$missing" ] && echo "$man" | grep -q "R is 1 to 100000" && echo "$man" | grep -q "capped at 64"; then
+  pass lora_merge_man_matches_options
+else fail lora_merge_man_matches_options "undocumented:$missing"; fi
+"$BIN/lora-merge" "$LA" --rank 2147483647 -o "$T/x.safetensors" 2>&1 | grep -q "from 1 to 100000" &&
+  pass lora_merge_rank_cap_message || fail lora_merge_rank_cap_message "the --rank error does not give the cap"
