@@ -120,6 +120,7 @@ install: all
 	ln -sf libmerge.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libmerge.so.0
 	ln -sf libmerge.so.0 $(DESTDIR)$(PREFIX)/lib/libmerge.so
 	install -m 644 include/libmerge/*.h $(DESTDIR)$(PREFIX)/include/libmerge/
+	install -D -m 644 fixtures/golden/clip/bpe_simple_vocab_16e6.txt.gz $(DESTDIR)$(PREFIX)/share/libmerge/bpe_simple_vocab_16e6.txt.gz
 	for f in man/man1/*.1; do [ -f "$$f" ] && install -m 644 "$$f" $(DESTDIR)$(PREFIX)/share/man/man1/; done; true
 	for f in man/man7/*.7; do [ -f "$$f" ] && install -m 644 "$$f" $(DESTDIR)$(PREFIX)/share/man/man7/; done; true
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@REQUIRES@|$(PKGS)|' libmerge.pc.in \
