@@ -87,6 +87,33 @@ static void test_conv2d_slabs(void)
     check_conv(2400, 6, 400, 2, 3, 1, 1, 1, 1, 1, 1, &e, &ok);
     CHECK(ok); CHECK_NEAR(e, 0, 1e-3);
 }
+/* Winograd F(2×2, 3×3) against the direct convolution: odd sizes (partial
+ * tiles), enough channels for parallel blocks, and C large enough that the
+ * tiles run in several slabs of one tile row */
+static double check_wino(int C, int H, int W, int OC, int use_bias)
+{
+    int pad[4] = { 1, 1, 1, 1 };
+    float *x = rand_buf((size_t)C * H * W), *w = rand_buf((size_t)OC * C * 9), *b = rand_buf(OC);
+    float *U = malloc((size_t)16 * OC * C * sizeof *U), *y = malloc((size_t)OC * H * W * sizeof *y);
+    double *r = malloc((size_t)OC * H * W * sizeof *r);
+    lm_work wk = LM_WORK_INIT;
+    lm_conv3x3_winograd_weights(w, OC, C, U);
+    double e = 1e9;
+    if (lm_conv3x3_winograd(x, C, H, W, U, use_bias ? b : NULL, OC, y, &wk) == 0) {
+        conv_ref(x, C, H, W, w, use_bias ? b : NULL, OC, 3, 1, pad, H, W, r);
+        e = max_abs_diff(y, r, (size_t)OC * H * W);
+    }
+    lm_work_free(&wk);
+    free(x); free(w); free(b); free(U); free(y); free(r);
+    return e;
+}
+static void test_conv3x3_winograd(void)
+{
+    CHECK_NEAR(check_wino(5, 7, 9, 6, 1), 0, 1e-5);
+    CHECK_NEAR(check_wino(3, 1, 1, 2, 0), 0, 1e-5);
+    CHECK_NEAR(check_wino(37, 20, 30, 40, 1), 0, 1e-4);
+    CHECK_NEAR(check_wino(3000, 5, 200, 4, 1), 0, 1e-3);   /* sums of 27000 products */
+}
 static void test_conv2d_out_size(void)
 {
     CHECK_EQ_INT(lm_conv2d_out_size(64, 3, 2, 1, 1), 32);
@@ -458,6 +485,7 @@ int main(void)
     RUN(test_conv2d_1x1);
     RUN(test_conv2d_slabs);
     RUN(test_conv2d_out_size);
+    RUN(test_conv3x3_winograd);
     RUN(test_linear_and_proj);
     RUN(test_group_norm);
     RUN(test_layer_norm);

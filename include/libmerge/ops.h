@@ -91,6 +91,20 @@ int64_t lm_conv2d_out_size(int64_t in, int k, int stride, int pad_lo, int pad_hi
 int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *b,
               int OC, int k, int stride, const int pad[4], float *y, lm_work *work);
 
+/* 3×3 convolution with stride 1 and padding 1 by Winograd's F(2×2, 3×3)
+ * (Lavin & Gray 2016): the same result as lm_conv2d(k = 3, stride 1, pad
+ * {1,1,1,1}) up to float rounding (the transforms add a few ulps; measured
+ * max-abs error against a double-precision direct convolution in
+ * test_ops), with 16 multiplies per 2×2 outputs instead of 36; worth it
+ * when H·W gives a few hundred tiles or more. U [16, OC, C] holds the
+ * transformed weights, made once by lm_conv3x3_winograd_weights from
+ * w [OC, C, 3, 3]. x [C, H, W], b [OC] or NULL → y [OC, H, W]; scratch
+ * from work is bounded (slabs of tile rows, ≈ 32 MiB). Returns 0,
+ * LM_EUSAGE (empty sizes) or LM_ENOMEM. */
+void lm_conv3x3_winograd_weights(const float *w, int OC, int C, float *U);
+int lm_conv3x3_winograd(const float *x, int C, int H, int W, const float *U, const float *b, int OC,
+                        float *y, lm_work *work);
+
 /* Linear layer on tokens: y [T, out] = x [T, in] · wᵀ + b, w [out, in]
  * (torch.nn.Linear's layout), b [out] or NULL. With accumulate = 1 the
  * result is added to what y holds (y += x·wᵀ + b: residual connections). */

@@ -64,6 +64,14 @@ static void uf(lm_unet *u, float *p)
 #define UB(n) ub(f->u, (n))
 #define UF(p) uf(f->u, (p))
 
+/* 3×3 convolution, stride 1, padding 1: Winograd when the weights were
+ * transformed at load (unet_load.c), im2col + sgemm otherwise */
+static int conv3(lm_unet *u, const u_lin *l, const float *x, int C, int H, int W, int OC, float *y)
+{
+    if (l->wino) return lm_conv3x3_winograd(x, C, H, W, l->wino, l->b, OC, y, &u->work);
+    return lm_conv2d(x, C, H, W, l->w, l->b, OC, 3, 1, PAD1, y, &u->work);
+}
+
 /* ResnetBlock2D: x [cin, H, W] → out [cout, H, W] */
 static int resnet(fwd *f, const u_resnet *r, const float *x, int H, int W, float *out)
 {
@@ -74,11 +82,11 @@ static int resnet(fwd *f, const u_resnet *r, const float *x, int H, int W, float
     float *t = UB((size_t)r->cout);
     if (!a || !h || !t) goto done;
     lm_group_norm(x, r->cin, HW, G, r->norm1.w, r->norm1.b, GN_EPS_RESNET, 1, a);
-    if ((rc = lm_conv2d(a, r->cin, H, W, r->conv1.w, r->conv1.b, r->cout, 3, 1, PAD1, h, &u->work))) goto done;
+    if ((rc = conv3(u, &r->conv1, a, r->cin, H, W, r->cout, h))) goto done;
     lm_linear(f->emb_silu, 1, u->cfg.time_embed_dim, r->temb.w, r->temb.b, r->cout, t, 0);
     lm_add_channel(h, r->cout, HW, t);
     lm_group_norm(h, r->cout, HW, G, r->norm2.w, r->norm2.b, GN_EPS_RESNET, 1, h);
-    if ((rc = lm_conv2d(h, r->cout, H, W, r->conv2.w, r->conv2.b, r->cout, 3, 1, PAD1, out, &u->work))) goto done;
+    if ((rc = conv3(u, &r->conv2, h, r->cout, H, W, r->cout, out))) goto done;
     if (r->shortcut.w) {
         /* 1×1 shortcut: h is free again and large enough */
         if ((rc = lm_conv2d(x, r->cin, H, W, r->shortcut.w, r->shortcut.b, r->cout, 1, 1, PAD0, h, &u->work))) goto done;
@@ -237,7 +245,7 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
             if (b->attn[j].depth && (rc = transformer(f, &b->attn[j], o, H, W))) goto done;
             UF(h); h = o; o = NULL; C = r->cout;
         }
-        if (b->sample.w) {
+        if (b->sample.w || b->sample.wino) {
             /* 2× nearest, or to the next skip's size when a side is odd
              * (diffusers forwards upsample_size then) */
             int OH = ns ? skips[ns - 1].H : 2 * H, OW = ns ? skips[ns - 1].W : 2 * W;
@@ -248,7 +256,7 @@ static int forward_one(fwd *f, const float *x, int H, int W, float t, const floa
             UF(h); h = up;
             o = UB((size_t)C * H * W);
             if (!o) { rc = LM_ENOMEM; goto done; }
-            if ((rc = lm_conv2d(h, C, H, W, b->sample.w, b->sample.b, C, 3, 1, PAD1, o, &u->work))) goto done;
+            if ((rc = conv3(u, &b->sample, h, C, H, W, C, o))) goto done;
             UF(h); h = o; o = NULL;
         }
         snprintf(name, sizeof name, "up_blocks.%d", i);
@@ -341,7 +349,7 @@ double lm_unet_flops(const lm_unet *u, int h, int w, int ctx_len)
             f += resnet_fl(&b->res[j], P, T);
             if (b->attn[j].depth) f += transformer_fl(&b->attn[j], P, ctx_len, X);
         }
-        if (b->sample.w) { P *= 4; f += conv_fl(b->res[0].cout, b->res[0].cout, 3, P); }
+        if (b->sample.w || b->sample.wino) { P *= 4; f += conv_fl(b->res[0].cout, b->res[0].cout, 3, P); }
     }
     return f + conv_fl(g->channels[0], g->out_channels, 3, P);
 }

@@ -5,7 +5,10 @@
 #include "libmerge/unet.h"
 #include "libmerge/ops.h"
 
-typedef struct { float *w, *b; } u_lin;            /* w [out, in(, k, k)], b [out] or NULL */
+typedef struct {                                    /* w [out, in(, k, k)], b [out] or NULL; */
+    float *w, *b;                                   /* wino [16, out, in]: Winograd-transformed */
+    float *wino;                                    /* 3×3 weights (w is then NULL), or NULL */
+} u_lin;
 
 typedef struct {                                    /* ResnetBlock2D */
     int cin, cout;

@@ -92,7 +92,7 @@ static int ld_stacked(ld_ctx *c, u_lin *dst, const char *p, const char *const *p
     float *buf = malloc((size_t)n_parts * C * in * sizeof *buf);
     if (!buf) return lm_err_set(c->err, LM_ENOMEM, NULL, p, LM_ERR_NO_OFFSET, "out of memory");
     for (int i = 0; i < n_parts; i++) {
-        u_lin one = { NULL, NULL };
+        u_lin one = { NULL, NULL, NULL };
         int64_t shape[2] = { C, in };
         snprintf(name, sizeof name, "%s.%s.weight", p, parts[i]);
         int rc = lm_weights_load(c->w, name, 2, shape, &one.w, c->err);
@@ -296,6 +296,53 @@ static int load_all(ld_ctx *c)
     return rc;
 }
 
+/* Replaces the weights of the 3×3 convolution l [OC, C, 3, 3] by their
+ * Winograd transform [16, OC, C] (16/9 the size; the fp32 weights go). */
+static int to_winograd(lm_unet *u, u_lin *l, int OC, int C)
+{
+    if (!l->w) return 0;
+    float *U = malloc((size_t)16 * OC * C * sizeof *U);
+    if (!U) return LM_ENOMEM;
+    lm_conv3x3_winograd_weights(l->w, OC, C, U);
+    for (size_t i = 0; i < u->n_owned; i++)
+        if (u->owned[i] == l->w) { u->owned[i] = U; break; }
+    free(l->w);
+    l->w = NULL;
+    l->wino = U;
+    return 0;
+}
+
+/* The resnets' 3×3 convolutions and the upsamplers' convolutions at every
+ * level but the lowest (and the mid block) run as Winograd F(2×2, 3×3)
+ * (lm_conv3x3_winograd): at 512 px (levels 64², 32², 16²) 1.6–1.9× less CPU
+ * than im2col + sgemm. The lowest level (8×8 at 512 px, 4×4 at 256 px) holds
+ * 40% of the 3×3 weights and gains least, so it stays on im2col: the
+ * transformed weights are 16/9 the size, and the whole UNet stays under 2×
+ * its fp32 weights in memory. */
+static int prepare_winograd(lm_unet *u)
+{
+    const lm_unet_config *g = &u->cfg;
+    int L = g->levels, rc = 0;
+    for (int i = 0; i + 1 < L && !rc; i++)
+        for (int j = 0; j < u->down[i].n_res && !rc; j++) {
+            u_resnet *r = &u->down[i].res[j];
+            rc = to_winograd(u, &r->conv1, r->cout, r->cin);
+            if (!rc) rc = to_winograd(u, &r->conv2, r->cout, r->cout);
+        }
+    for (int i = 1; i < L && !rc; i++)
+        for (int j = 0; j < u->up[i].n_res && !rc; j++) {
+            u_resnet *r = &u->up[i].res[j];
+            rc = to_winograd(u, &r->conv1, r->cout, r->cin);
+            if (!rc) rc = to_winograd(u, &r->conv2, r->cout, r->cout);
+        }
+    for (int i = 0; i + 1 < L && !rc; i++)   /* up[i]'s upsampler runs at level L-2-i */
+        if (u->up[i].sample.w) {
+            int C = u->up[i].res[u->up[i].n_res - 1].cout;
+            rc = to_winograd(u, &u->up[i].sample, C, C);
+        }
+    return rc;
+}
+
 int lm_unet_load(lm_unet **out, const lm_source *src, const lm_unet_opts *opts,
                  const lm_lora *const *loras, const float *lambdas, size_t n_loras, lm_err *err)
 {
@@ -308,6 +355,8 @@ int lm_unet_load(lm_unet **out, const lm_source *src, const lm_unet_opts *opts,
     int rc = lm_weights_open(&c.w, src, "unet", loras, lambdas, n_loras, err);
     if (!rc) rc = load_all(&c);
     lm_weights_close(c.w);
+    if (!rc && prepare_winograd(u))
+        rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory (Winograd weights)");
     if (rc) {
         lm_err_file(err, lm_source_path(src));
         lm_unet_free(u);

@@ -1,0 +1,160 @@
+/* 3×3 convolution, stride 1, padding 1, by Winograd's minimal filtering
+ * F(2×2, 3×3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural
+ * Networks", section 4: Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A per 4×4 input tile d
+ * and 2×2 output tile Y). Summed over input channels, the 16 element-wise
+ * products become 16 independent sgemm calls [OC, C]·[C, tiles], run in
+ * parallel (one single-threaded sgemm per transform element); the input and
+ * output transforms run in parallel over channels. Tiles are processed a
+ * slab of tile rows at a time, so scratch memory stays bounded. */
+#include <string.h>
+#include <cblas.h>
+
+#include "libmerge/ops.h"
+#include "ops/parallel.h"
+#include "ops/prof.h"
+
+/* scratch per slab (V [16, C, Ts] and M [16, OC, Ts]): at most 8 Mi floats
+ * (32 MiB), unless one tile row needs more */
+#define SLAB_FLOATS ((size_t)8 << 20)
+
+void lm_conv3x3_winograd_weights(const float *w, int OC, int C, float *U)
+{
+    const size_t plane = (size_t)OC * C;
+    for (int o = 0; o < OC; o++)
+        for (int c = 0; c < C; c++) {
+            const float *g = w + ((size_t)o * C + c) * 9;
+            float t[4][3];   /* G g: G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1] */
+            for (int j = 0; j < 3; j++) {
+                t[0][j] = g[j];
+                t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+                t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+                t[3][j] = g[6 + j];
+            }
+            for (int i = 0; i < 4; i++) {   /* (G g) Gᵀ */
+                float u[4] = { t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
+                               0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2] };
+                for (int j = 0; j < 4; j++) U[(size_t)(i * 4 + j) * plane + (size_t)o * C + c] = u[j];
+            }
+        }
+}
+
+typedef struct {
+    const float *x, *U, *b;
+    float *y, *V, *M, *rows;   /* rows: per thread 8 · (2·tw + 2) floats */
+    int C, H, W, OC, tw, ty0, nty;
+    size_t Ts;
+} wino_job;
+
+#define CH_BLOCK 8   /* channels per parallel item of the transforms */
+
+/* V[e, c, t] = (Bᵀ d B)[e] for the tiles of channels [8·item, …) in the slab,
+ * Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1] */
+static void input_tf(void *p, int64_t item, int tid)
+{
+    const wino_job *j = p;
+    const int P = 2 * j->tw + 2, W = j->W, H = j->H;
+    float *r[4], *cr[4];
+    for (int i = 0; i < 4; i++) {
+        r[i] = j->rows + (size_t)tid * 8 * P + (size_t)i * P;
+        cr[i] = r[i] + (size_t)4 * P;
+    }
+    const size_t plane = (size_t)j->C * j->Ts;
+    int c1 = (int)(item + 1) * CH_BLOCK < j->C ? (int)(item + 1) * CH_BLOCK : j->C;
+    for (int c = (int)item * CH_BLOCK; c < c1; c++) {
+        const float *xc = j->x + (size_t)c * H * W;
+        for (int ty = j->ty0; ty < j->ty0 + j->nty; ty++) {
+            for (int i = 0; i < 4; i++) {   /* input rows 2ty−1 … 2ty+2, column q ↔ x column q−1 */
+                int yy = 2 * ty - 1 + i;
+                memset(r[i], 0, (size_t)P * sizeof(float));
+                if (yy >= 0 && yy < H) memcpy(r[i] + 1, xc + (size_t)yy * W, (size_t)W * sizeof(float));
+            }
+            for (int q = 0; q < P; q++) {   /* Bᵀ d, down the columns */
+                cr[0][q] = r[0][q] - r[2][q];
+                cr[1][q] = r[1][q] + r[2][q];
+                cr[2][q] = r[2][q] - r[1][q];
+                cr[3][q] = r[1][q] - r[3][q];
+            }
+            float *v = j->V + (size_t)c * j->Ts + (size_t)(ty - j->ty0) * j->tw;
+            for (int i = 0; i < 4; i++) {   /* (Bᵀ d) B, along the rows */
+                const float *s = cr[i];
+                float *v0 = v + (size_t)(4 * i) * plane, *v1 = v0 + plane, *v2 = v1 + plane, *v3 = v2 + plane;
+                for (int tx = 0; tx < j->tw; tx++) {
+                    const float *d = s + 2 * tx;
+                    v0[tx] = d[0] - d[2];
+                    v1[tx] = d[1] + d[2];
+                    v2[tx] = d[2] - d[1];
+                    v3[tx] = d[1] - d[3];
+                }
+            }
+        }
+    }
+}
+
+/* M[e] [OC, Ts] = U[e] [OC, C] · V[e] [C, Ts] */
+static void product(void *p, int64_t e, int tid)
+{
+    const wino_job *j = p;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->OC, (int)j->Ts, j->C, 1.0f,
+                j->U + (size_t)e * j->OC * j->C, j->C, j->V + (size_t)e * j->C * j->Ts, (int)j->Ts, 0.0f,
+                j->M + (size_t)e * j->OC * j->Ts, (int)j->Ts);
+}
+
+/* y = Aᵀ m A + b for output channels [8·item, …), Aᵀ = [1 1 1 0; 0 1 −1 −1] */
+static void output_tf(void *p, int64_t item, int tid)
+{
+    const wino_job *j = p;
+    const size_t plane = (size_t)j->OC * j->Ts;
+    int o1 = (int)(item + 1) * CH_BLOCK < j->OC ? (int)(item + 1) * CH_BLOCK : j->OC;
+    for (int o = (int)item * CH_BLOCK; o < o1; o++) {
+        float bias = j->b ? j->b[o] : 0.0f;
+        float *yo = j->y + (size_t)o * j->H * j->W;
+        for (int ty = j->ty0; ty < j->ty0 + j->nty; ty++) {
+            const float *m = j->M + (size_t)o * j->Ts + (size_t)(ty - j->ty0) * j->tw;
+            int oy = 2 * ty;
+            float *y0 = yo + (size_t)oy * j->W, *y1 = oy + 1 < j->H ? y0 + j->W : NULL;
+            for (int tx = 0; tx < j->tw; tx++) {
+                float a[4][4];
+                for (int e = 0; e < 16; e++) a[e / 4][e % 4] = m[(size_t)e * plane + tx];
+                float s0[4], s1[4];   /* Aᵀ m */
+                for (int k = 0; k < 4; k++) {
+                    s0[k] = a[0][k] + a[1][k] + a[2][k];
+                    s1[k] = a[1][k] - a[2][k] - a[3][k];
+                }
+                int ox = 2 * tx;
+                y0[ox] = s0[0] + s0[1] + s0[2] + bias;
+                if (ox + 1 < j->W) y0[ox + 1] = s0[1] - s0[2] - s0[3] + bias;
+                if (y1) {
+                    y1[ox] = s1[0] + s1[1] + s1[2] + bias;
+                    if (ox + 1 < j->W) y1[ox + 1] = s1[1] - s1[2] - s1[3] + bias;
+                }
+            }
+        }
+    }
+}
+
+int lm_conv3x3_winograd(const float *x, int C, int H, int W, const float *U, const float *b, int OC,
+                        float *y, lm_work *work)
+{
+    if (C <= 0 || OC <= 0 || H <= 0 || W <= 0)
+        return lm_err_set(NULL, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "empty convolution");
+    double t0 = lm_prof_t0();
+    int th = (H + 1) / 2, tw = (W + 1) / 2, nth = lm_par_threads();
+    size_t per_row = (size_t)16 * (C + OC) * tw;
+    int rows = (int)(SLAB_FLOATS / per_row);
+    if (rows < 1) rows = 1;
+    if (rows > th) rows = th;
+    size_t P = (size_t)2 * tw + 2, Vn = (size_t)16 * C * rows * tw, Mn = (size_t)16 * OC * rows * tw;
+    float *s = lm_work_get(work, Vn + Mn + (size_t)nth * 8 * P);
+    if (!s) return LM_ENOMEM;
+    wino_job j = { x, U, b, y, s, s + Vn, s + Vn + Mn, C, H, W, OC, tw, 0, 0, 0 };
+    for (int ty0 = 0; ty0 < th; ty0 += rows) {
+        j.ty0 = ty0;
+        j.nty = rows < th - ty0 ? rows : th - ty0;
+        j.Ts = (size_t)j.nty * tw;
+        lm_parallel((C + CH_BLOCK - 1) / CH_BLOCK, nth, input_tf, &j);
+        lm_parallel(16, nth, product, &j);
+        lm_parallel((OC + CH_BLOCK - 1) / CH_BLOCK, nth, output_tf, &j);
+    }
+    lm_prof_end_fl(LM_PROF_CONV3, t0, 2.0 * OC * (double)H * W * C * 9);
+    return 0;
+}
