@@ -83,6 +83,11 @@ static void print_json(const char *out, const lm_bake_report *r, int ok, const l
     }
     if (r->out_sha256[0]) cJSON_AddStringToObject(o, "sha256_data", r->out_sha256);
     cJSON_AddNumberToObject(o, "seconds", r->seconds_total);
+    cJSON *ph = cJSON_AddObjectToObject(o, "seconds_phase");   /* wall seconds per phase */
+    cJSON_AddNumberToObject(ph, "plan", r->seconds_plan);
+    cJSON_AddNumberToObject(ph, "pipeline", r->seconds_compute);
+    cJSON_AddNumberToObject(ph, "base_hash_wait", r->seconds_hash);
+    cJSON_AddNumberToObject(ph, "commit", r->seconds_commit);
     char *s = cJSON_Print(o);
     puts(s);
     free(s);

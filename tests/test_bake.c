@@ -1,6 +1,8 @@
 /* lm_bake: values against the numpy reference (fixtures/bake/make_fixtures.py), the λ = −1
  * round trip, bake of two LoRAs = bake of their exact merge, every refusal, metadata. */
 #include <dirent.h>
+#include <math.h>
+#include <string.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/resource.h>
@@ -14,6 +16,10 @@
 #include "libmerge/source.h"
 #include "libmerge/writer.h"
 #include "libmerge/keymap.h"
+#include "libmerge/dtype.h"
+
+/* internal to libmerge/merge (util.c): the non-finite scan of every updated tensor */
+int64_t lmm_count_nonfinite(const void *p, lm_dtype dt, size_t n);
 
 #define BASE FIXTURE("golden/sd15/unet_ldm.safetensors")
 #define BASE_SHA "ff843e57ff8836dd1f20372184179c1147a591e508a6df3abf92317ae5ca8663"
@@ -531,6 +537,38 @@ static void cleanup(void)
     rmdir(dir);
 }
 
+/* The vectorised detection must see a NaN or Inf in any lane and in the scalar tail, and
+ * count exactly; finite extremes (max, denormals, -0) are not counted. */
+static void test_count_nonfinite_lanes_and_tail(void)
+{
+    enum { N = 37 };
+    float f[N];
+    uint16_t h[N], bh[N];
+    for (int i = 0; i < N; i++) {
+        f[i] = i % 3 ? 3.4e38f : -1e-45f;
+        h[i] = lm_f32_to_f16(i % 2 ? 65504.0f : -0.0f);
+        bh[i] = lm_f32_to_bf16(i % 3 ? 3.0e38f : -1e-45f);
+    }
+    CHECK_EQ_INT(lmm_count_nonfinite(f, LM_DT_F32, N), 0);
+    CHECK_EQ_INT(lmm_count_nonfinite(h, LM_DT_F16, N), 0);
+    CHECK_EQ_INT(lmm_count_nonfinite(bh, LM_DT_BF16, N), 0);
+    for (int pos = 0; pos < N; pos++) {
+        float g[N];
+        uint16_t k[N], kb[N];
+        memcpy(g, f, sizeof g);
+        memcpy(k, h, sizeof k);
+        memcpy(kb, bh, sizeof kb);
+        g[pos] = pos % 2 ? NAN : -INFINITY;
+        k[pos] = pos % 2 ? 0x7e00 : 0xfc00;
+        kb[pos] = pos % 2 ? 0x7fc0 : 0xff80;
+        CHECK_EQ_INT(lmm_count_nonfinite(g, LM_DT_F32, N), 1);
+        CHECK_EQ_INT(lmm_count_nonfinite(k, LM_DT_F16, N), 1);
+        CHECK_EQ_INT(lmm_count_nonfinite(kb, LM_DT_BF16, N), 1);
+        g[N - 1 - pos] = INFINITY;
+        CHECK_EQ_INT(lmm_count_nonfinite(g, LM_DT_F32, N), pos == N - 1 - pos ? 1 : 2);
+    }
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/lm_test_bake_XXXXXX");
@@ -551,6 +589,7 @@ int main(void)
     RUN(test_bake_disk_full_leaves_no_file);
     RUN(test_bake_overflow_counted_and_refused);
     RUN(test_bake_recipe_and_metadata);
+    RUN(test_count_nonfinite_lanes_and_tail);
     cleanup();
     TEST_EXIT();
 }

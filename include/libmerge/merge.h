@@ -99,6 +99,8 @@ typedef struct lm_bake_report {
     size_t n_loras;
     char out_sha256[65];             /* data-area SHA-256 when opts->hash_output, else "" */
     double seconds_total, seconds_hash, seconds_compute;
+    double seconds_plan;             /* inputs opened, hashed (LoRAs), checked, planned */
+    double seconds_commit;           /* header rewrite, fsync, rename */
 } lm_bake_report;
 
 /* Bakes loras (n of them, each with its λ) into base, writing a safetensors file at out.

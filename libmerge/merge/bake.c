@@ -241,6 +241,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         if ((rc = lmm_sha256_file(loras[i].path, rep->loras[i].sha256, NULL, err))) goto done;
     }
     if ((rc = lmb_plan(&b, km, &o, rep, err))) goto done;
+    rep->seconds_plan = lmb_now() - t0;
 
     /* every input is open and checked (the base is a regular file the source could map):
      * the base's SHA-256 for the recipe runs on its own thread next to the bake; it is not
@@ -362,8 +363,10 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         rep->bytes_written = lm_writer_data_start(w);
         for (size_t t = 0; t < b.nt; t++)
             rep->bytes_written += (uint64_t)lm_source_entry(src, t)->numel * lm_dtype_size(b.odt[t]);
+        double tm = lmb_now();
         rc = lm_writer_commit(w, err);
         w = NULL;
+        rep->seconds_commit = lmb_now() - tm;
     }
 stop:
     pthread_mutex_lock(&b.mu);
