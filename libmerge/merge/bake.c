@@ -247,6 +247,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
      * the base's SHA-256 for the recipe runs on its own thread next to the bake; it is not
      * cancellable, so it starts only once the refusals that need no output are behind */
     hb.path = base;
+    hb.src = src;
     if (pthread_create(&hth, NULL, lmb_base_hash_thread, &hb) == 0) hash_started = 1;
     else lmb_base_hash_thread(&hb);
 

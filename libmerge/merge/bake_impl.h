@@ -52,6 +52,7 @@ typedef struct bake {
 
 typedef struct hash_job {
     const char *path;
+    const lm_source *src;   /* the open base: hashed from its mapping when it can be */
     char hex[65];
     uint64_t bytes;
     int rc;

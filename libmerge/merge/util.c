@@ -248,6 +248,7 @@ int lmm_lora_check_finite(const lm_lora *l, const char *path, lm_err *err)
             raw = tmp;
         }
         int64_t c = lmm_count_nonfinite(raw, e->dtype, (size_t)e->numel);
+        if (raw != tmp) lmm_release_pages(raw, (size_t)e->nbytes);   /* mapped pages leave RSS again */
         if (c) rc = lm_err_set(err, LM_EINPUT, path, e->name, LM_ERR_NO_OFFSET,
                                "%lld of %lld values are NaN or ±Inf", (long long)c, (long long)e->numel);
     }
