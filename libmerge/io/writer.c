@@ -56,6 +56,7 @@ struct lm_writer {
     size_t buf_len;
     char **inputs;
     size_t n_inputs;
+    uint64_t wb_off;         /* file bytes already handed to writeback (kick_writeback) */
 };
 
 /* Rank of a dtype in the reference's Dtype enum (declaration order). */
@@ -290,6 +291,19 @@ static int write_all(int fd, const unsigned char *p, size_t n)
 }
 
 static int copy_bytes(lm_writer *w, uint64_t off, uint64_t n, lm_err *err);
+
+/* Starts writeback of what was written since the last call, every 64 MiB
+ * (sync_file_range SYNC_FILE_RANGE_WRITE: asynchronous, no durability
+ * promise). The disk works while the caller computes, and the final fsync
+ * waits for the tail only: a 2.1 GB bake's commit spent ~0.7 s in fsync
+ * while the machine has 23 GB RAM and writeback starts at 10% dirty. */
+static void kick_writeback(lm_writer *w)
+{
+    off_t end = lseek(w->fd, 0, SEEK_CUR);
+    if (end < 0 || (uint64_t)end < w->wb_off + (64u << 20)) return;
+    sync_file_range(w->fd, (off_t)w->wb_off, end - (off_t)w->wb_off, SYNC_FILE_RANGE_WRITE);
+    w->wb_off = (uint64_t)end;
+}
 
 /* Issues what is pending: a coalesced copy, or the buffered bytes (never
  * both: each is flushed before the other starts). */
@@ -605,6 +619,7 @@ int lm_writer_write(lm_writer *w, const void *data, size_t nbytes, lm_err *err)
     }
     w->written += nbytes;
     advance(w);
+    kick_writeback(w);
     return 0;
 }
 
