@@ -57,6 +57,7 @@ struct lm_writer {
     char **inputs;
     size_t n_inputs;
     uint64_t wb_off;         /* file bytes already handed to writeback (kick_writeback) */
+    uint64_t drop_off;       /* file bytes written back and dropped from the page cache */
 };
 
 /* Rank of a dtype in the reference's Dtype enum (declaration order). */
@@ -294,13 +295,24 @@ static int copy_bytes(lm_writer *w, uint64_t off, uint64_t n, lm_err *err);
 
 /* Starts writeback of what was written since the last call, every 64 MiB
  * (sync_file_range SYNC_FILE_RANGE_WRITE: asynchronous, no durability
- * promise). The disk works while the caller computes, and the final fsync
- * waits for the tail only: a 2.1 GB bake's commit spent ~0.7 s in fsync
- * while the machine has 23 GB RAM and writeback starts at 10% dirty. */
+ * promise), and drops the range kicked one call earlier from the page cache
+ * once it is on disk (by then its writeback is mostly done). The disk works
+ * while the caller computes, the final fsync waits for the tail only (a
+ * 2.1 GB bake's commit spent ~0.7 s in fsync: writeback starts at 10% of
+ * RAM dirty), and the output does not push the inputs out of the page cache
+ * or make the kernel reclaim memory for every new page (2 GB written with
+ * the pages dropped as it goes: 0.76 s system time instead of 1.44 s). */
 static void kick_writeback(lm_writer *w)
 {
     off_t end = lseek(w->fd, 0, SEEK_CUR);
     if (end < 0 || (uint64_t)end < w->wb_off + (64u << 20)) return;
+    if (w->wb_off > w->drop_off) {
+        off_t a = (off_t)w->drop_off, n = (off_t)(w->wb_off - w->drop_off);
+        if (sync_file_range(w->fd, a, n, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                         SYNC_FILE_RANGE_WAIT_AFTER) == 0)
+            posix_fadvise(w->fd, a, n, POSIX_FADV_DONTNEED);
+        w->drop_off = w->wb_off;
+    }
     sync_file_range(w->fd, (off_t)w->wb_off, end - (off_t)w->wb_off, SYNC_FILE_RANGE_WRITE);
     w->wb_off = (uint64_t)end;
 }
