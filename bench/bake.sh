@@ -27,10 +27,11 @@ mkdir -p "$OUT"
 tmp=$(mktemp -d "$OUT/.bench.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
-# run NAME CMD…: best wall time (s) and its peak RSS (KB) over RUNS runs → $wall $rss
+# run NAME CMD…: best wall time (s), its CPU seconds (user + system) and peak RSS (KB) over
+# RUNS runs → $wall $cpu $rss. CPU seconds are the steadier number on a shared machine.
 run() {
   local name=$1; shift
-  wall=; rss=
+  wall=; rss=; cpu=
   for _ in $(seq "$RUNS"); do
     cat "$BASE" "$LCM" "$STYLE" >/dev/null
     sync
@@ -38,25 +39,29 @@ run() {
     local w r
     w=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$tmp/time")
     r=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$tmp/time")
-    if [ -z "$wall" ] || awk -v a="$w" -v b="$wall" 'BEGIN { exit !(a < b) }'; then wall=$w; rss=$r; fi
+    c=$(awk -F': ' '/User time|System time/ { s += $2 } END { print s }' "$tmp/time")
+    if [ -z "$wall" ] || awk -v a="$w" -v b="$wall" 'BEGIN { exit !(a < b) }'; then wall=$w; rss=$r; cpu=$c; fi
     rm -f "$tmp/out.safetensors"
   done
-  printf '%-34s %8.2f s   peak RSS %7.0f MB\n' "$name" "$wall" "$((rss / 1024))"
+  printf '%-34s %8.2f s   CPU %6.2f s   peak RSS %7.0f MB\n' "$name" "$wall" "$cpu" "$((rss / 1024))"
 }
 
 echo "load average: $(cut -d" " -f1-3 /proc/loadavg) (other processes share these CPUs: wall times stretch)"
 echo "bake: $(basename "$BASE") + 0.8·$(basename "$STYLE") + 1.0·$(basename "$LCM"), $(nproc) CPUs"
 run "cp BASE X && sync" sh -c "cp '$BASE' '$tmp/out.safetensors' && sync"
 cp_wall=$wall
+cp_cpu=$cpu
 run "lcm-bake (fsync'd, both SHA-256)" "$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$tmp/out.safetensors" \
     ${THREADS:+--threads "$THREADS"}
 bake_wall=$wall
+bake_cpu=$cpu
 bake_rss=$rss
 run "lcm-bake --no-hash" "$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$tmp/out.safetensors" --no-hash
 if [ -z "${SKIP_NUMPY:-}" ]; then
   run "numpy (bench/bake_numpy.py)" "$PY" bench/bake_numpy.py "$BASE" "$tmp/out.safetensors" "$STYLE:0.8" "$LCM:1.0"
   np_wall=$wall
+  np_cpu=$cpu
 fi
-awk -v b="$bake_wall" -v c="$cp_wall" 'BEGIN { printf "lcm-bake / durable cp   %.2f   (target <= 2)\n", b / c }'
-[ -n "${np_wall:-}" ] && awk -v b="$bake_wall" -v n="$np_wall" 'BEGIN { printf "numpy / lcm-bake        %.2f   (target >= 4)\n", n / b }'
+awk -v b="$bake_wall" -v c="$cp_wall" -v bc="$bake_cpu" -v cc="$cp_cpu" 'BEGIN { printf "lcm-bake / durable cp   %.2f   (target <= 2; CPU seconds %.2f)\n", b / c, bc / cc }'
+[ -n "${np_wall:-}" ] && awk -v b="$bake_wall" -v n="$np_wall" -v bc="$bake_cpu" -v nc="$np_cpu" 'BEGIN { printf "numpy / lcm-bake        %.2f   (target >= 4; CPU seconds %.2f)\n", n / b, nc / bc }'
 echo "lcm-bake peak RSS       $((bake_rss / 1024)) MB (target <= 600)"
