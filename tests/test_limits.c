@@ -422,7 +422,26 @@ static void limits_prompt_length(void)
         }
     }
     free(p);
+    /* the byte limit itself: at it accepted (and linear even when made of
+     * special tokens), one past it refused by name */
+    enum { M = LM_TOKENIZER_MAX_PROMPT };
+    p = malloc(M + 2);
+    const char *sp = "<|startoftext|>";
+    for (size_t i = 0; i < M; i++) p[i] = sp[i % 15];
+    p[M] = 0;
+    int32_t ids[LM_CLIP_CTX];
+    double t0 = now();
+    int rc = lm_tokenizer_encode(t, p, LM_CLIP_PAD_SD15, ids, NULL, &err);
+    double dt = now() - t0;
+    p[M] = 'x';
+    p[M + 1] = 0;
+    int rc2 = lm_tokenizer_encode(t, p, LM_CLIP_PAD_SD15, ids, NULL, &err);
+    free(p);
     lm_tokenizer_free(t);
+    CHECK_OK(rc, &err);
+    CHECK_MSG(dt < 5.0 * time_scale(), "1 MiB of special tokens took %.2f s", dt);
+    CHECK_EQ_INT(rc2, LM_EINPUT);
+    CHECK(strstr(err.msg, "at most 1048576") != NULL);
 }
 
 int main(void)

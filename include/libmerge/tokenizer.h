@@ -62,10 +62,16 @@ void lm_tokenizer_free(lm_tokenizer *t);
  * LM_EIO naming the places tried. */
 int lm_tokenizer_default_vocab(char *buf, size_t n, lm_err *err);
 
+/* Longest prompt accepted, in bytes: far past what 75 tokens need, and past
+ * the 128 KiB a single command-line argument can hold on Linux; it bounds
+ * the work a library caller can ask for. */
+#define LM_TOKENIZER_MAX_PROMPT (1 << 20)
+
 /* The 77 ids of prompt (UTF-8): BOS, at most 75 content ids, EOS, then pad_id
  * (LM_CLIP_PAD_SD15 for SD1.5). *n_content (may be NULL) receives the number
  * of content ids before truncation. Errors: LM_EINPUT (prompt is not valid
- * UTF-8; the message gives the byte offset), LM_ENOMEM. */
+ * UTF-8, the message gives the byte offset; or longer than
+ * LM_TOKENIZER_MAX_PROMPT bytes), LM_ENOMEM. */
 int lm_tokenizer_encode(const lm_tokenizer *t, const char *prompt, int32_t pad_id,
                         int32_t ids[LM_CLIP_CTX], size_t *n_content, lm_err *err);
 

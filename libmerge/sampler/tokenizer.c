@@ -360,10 +360,17 @@ int lm_tokenizer_content(const lm_tokenizer *t, const char *prompt, int32_t **id
     size_t len = strlen(prompt), pos = 0;
     *ids = NULL;
     *n = 0;
+    if (len > LM_TOKENIZER_MAX_PROMPT)
+        return lm_err_set(err, LM_EINPUT, NULL, "prompt", LM_ERR_NO_OFFSET,
+                          "prompt is %zu bytes, at most %d are accepted", len, LM_TOKENIZER_MAX_PROMPT);
+    /* next occurrence of each special token at or after pos; searched again only
+     * once pos has passed it, so a prompt made of special tokens stays linear */
+    const char *s1 = NULL, *s2 = NULL;
+    int s1_done = 0, s2_done = 0;
     while (pos <= len) {
         /* cut out literal special tokens (case-sensitive), as the added-token trie does */
-        const char *s1 = strstr(prompt + pos, "<|startoftext|>");
-        const char *s2 = strstr(prompt + pos, "<|endoftext|>");
+        if (!s1_done && (!s1 || s1 < prompt + pos)) { s1 = strstr(prompt + pos, "<|startoftext|>"); s1_done = !s1; }
+        if (!s2_done && (!s2 || s2 < prompt + pos)) { s2 = strstr(prompt + pos, "<|endoftext|>"); s2_done = !s2; }
         const char *s = (s1 && (!s2 || s1 < s2)) ? s1 : s2;
         size_t end = s ? (size_t)(s - prompt) : len;
         a.n = 0;

@@ -64,7 +64,7 @@ for name in "$@"; do
   echo "fuzz: $name for ${secs}s ($(ls "$corpus" | wc -l) corpus files)" >&2
   log=build-fuzz/$name.log
   "$bin" "$corpus" "${dict[@]}" -max_total_time="$secs" -timeout="$timeout" \
-    -rss_limit_mb="$rss" -artifact_prefix="$art/" -print_final_stats=1 >"$log" 2>&1
+    -rss_limit_mb="$rss" -artifact_prefix="$art/" -print_final_stats=1 ${FUZZ_ARGS:-} >"$log" 2>&1
   rc=$?
   if [ "$rc" -ne 0 ]; then
     echo "FAIL $name: libFuzzer exited $rc; finding(s) in $art/, log $log" >&2
