@@ -17,10 +17,19 @@
  * (32 MiB), unless one tile row needs more */
 #define SLAB_FLOATS ((size_t)8 << 20)
 
-void lm_conv3x3_winograd_weights(const float *w, int OC, int C, float *U)
+typedef struct { const float *w; float *U; int OC, C; } filter_job;
+
+#define OC_BLOCK 16   /* output channels per parallel item of the filter transform */
+
+static void filter_tf(void *p, int64_t item, int tid)
 {
-    const size_t plane = (size_t)OC * C;
-    for (int o = 0; o < OC; o++)
+    const filter_job *fj = p;
+    const float *w = fj->w;
+    float *U = fj->U;
+    const int C = fj->C;
+    const size_t plane = (size_t)fj->OC * C;
+    int o1 = (int)(item + 1) * OC_BLOCK < fj->OC ? (int)(item + 1) * OC_BLOCK : fj->OC;
+    for (int o = (int)item * OC_BLOCK; o < o1; o++)
         for (int c = 0; c < C; c++) {
             const float *g = w + ((size_t)o * C + c) * 9;
             float t[4][3];   /* G g: G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1] */
@@ -33,9 +42,16 @@ void lm_conv3x3_winograd_weights(const float *w, int OC, int C, float *U)
             for (int i = 0; i < 4; i++) {   /* (G g) Gᵀ */
                 float u[4] = { t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
                                0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2] };
-                for (int j = 0; j < 4; j++) U[(size_t)(i * 4 + j) * plane + (size_t)o * C + c] = u[j];
+                for (int k = 0; k < 4; k++) U[(size_t)(i * 4 + k) * plane + (size_t)o * C + c] = u[k];
             }
         }
+}
+
+void lm_conv3x3_winograd_weights(const float *w, int OC, int C, float *U)
+{
+    filter_job j = { w, U, OC, C };
+    int64_t n = (OC + OC_BLOCK - 1) / OC_BLOCK;
+    lm_parallel(n, (int64_t)OC * C >= 65536 ? lm_par_threads() : 1, filter_tf, &j);
 }
 
 typedef struct {
