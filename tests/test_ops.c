@@ -375,7 +375,7 @@ static void test_parallel_sizes(void)
     check_conv(96, 20, 30, 200, 1, 1, 0, 0, 0, 0, 1, &e, &ok);   /* 1×1 */
     CHECK(ok); CHECK_NEAR(e, 0, 1e-4);
 
-    int T = 700, in = 128, out = 64;
+    int T = 1100, in = 128, out = 64;   /* T·out ≥ 64 Ki: the bias pass runs in parallel too */
     float *x = rand_buf((size_t)T * in), *w = rand_buf((size_t)out * in), *b = rand_buf(out);
     float *y = malloc((size_t)T * out * sizeof *y), *xt = malloc((size_t)T * in * sizeof *xt);
     double *r = malloc((size_t)T * out * sizeof *r);
@@ -387,6 +387,10 @@ static void test_parallel_sizes(void)
         }
     lm_linear(x, T, in, w, b, out, y, 0);
     CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 1e-4);
+    lm_linear(x, T, in, w, b, out, y, 1);   /* accumulate: 2r */
+    for (size_t i = 0; i < (size_t)T * out; i++) r[i] *= 2;
+    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 2e-4);
+    for (size_t i = 0; i < (size_t)T * out; i++) r[i] /= 2;
     for (int t = 0; t < T; t++) for (int i = 0; i < in; i++) xt[i * T + t] = x[t * in + i];
     lm_proj_to_tokens(xt, in, T, w, b, out, y);
     CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 1e-4);

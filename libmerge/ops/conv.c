@@ -69,23 +69,44 @@ static void im2col_item(void *p, int64_t item, int tid)
            j->OW, j->col);
 }
 
+/* Bias passes over the output before sgemm accumulates onto it, in blocks of
+ * rows on the ops' threads when the output is large (a serial pass over a
+ * 5–40 MB output stood between two parallel GEMMs). */
+typedef struct { float *y; const float *v; int64_t rows, per; size_t n; int mode; } bias_job;
+
+enum { FILL_ROWS, SET_TOKENS, ADD_TOKENS };
+
+static void bias_rows(void *p, int64_t item, int tid)
+{
+    const bias_job *j = p;
+    int64_t r1 = (item + 1) * j->per < j->rows ? (item + 1) * j->per : j->rows;
+    for (int64_t r = item * j->per; r < r1; r++) {
+        float *d = j->y + (size_t)r * j->n;
+        if (j->mode == FILL_ROWS) for (size_t i = 0; i < j->n; i++) d[i] = j->v[r];
+        else if (j->mode == ADD_TOKENS) for (size_t i = 0; i < j->n; i++) d[i] += j->v[i];
+        else memcpy(d, j->v, j->n * sizeof *d);
+    }
+}
+
+static void bias_pass(float *y, int64_t rows, size_t n, const float *v, int mode)
+{
+    int64_t per = (int64_t)(((size_t)1 << 14) / (n ? n : 1));   /* ≥ 16 Ki elements per item */
+    if (per < 1) per = 1;
+    bias_job j = { y, v, rows, per, n, mode };
+    int nth = (size_t)rows * n >= ((size_t)1 << 16) ? lm_par_threads() : 1;
+    lm_parallel((rows + per - 1) / per, nth, bias_rows, &j);
+}
+
 /* y[c, i] = v[c] for y [C, n] */
 static void fill_rows(float *y, int C, size_t n, const float *v)
 {
-    for (int c = 0; c < C; c++) {
-        float *r = y + (size_t)c * n;
-        for (size_t i = 0; i < n; i++) r[i] = v[c];
-    }
+    bias_pass(y, C, n, v, FILL_ROWS);
 }
 
 /* y[t, o] (+)= b[o] for y [T, out] */
 static void bias_tokens(float *y, int64_t T, int out, const float *b, int add)
 {
-    for (int64_t t = 0; t < T; t++) {
-        float *r = y + t * out;
-        if (add) for (int o = 0; o < out; o++) r[o] += b[o];
-        else memcpy(r, b, (size_t)out * sizeof *r);
-    }
+    bias_pass(y, T, (size_t)out, b, add ? ADD_TOKENS : SET_TOKENS);
 }
 
 int lm_conv2d(const float *x, int C, int H, int W, const float *w, const float *b,
