@@ -79,6 +79,20 @@ int lm_writer_write(lm_writer *w, const void *data, size_t nbytes, lm_err *err);
  * (the temp file is removed). */
 int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err);
 
+/* Writes nbytes at byte off of the data area (0: the first byte after the
+ * header) with pwrite(2), from any thread and in any order, without moving the
+ * sequential position: for callers that compute tensors in parallel and write
+ * each from its worker. The sequential side then steps over those bytes with
+ * lm_writer_skip, in order. Changes no writer state (a failure is only
+ * returned: the caller aborts). Safe until lm_writer_commit/abort. Errors:
+ * LM_EIO (ENOSPC, EFBIG, EIO), LM_EUSAGE (past the declared data). */
+int lm_writer_pwrite(lm_writer *w, uint64_t off, const void *data, size_t nbytes, lm_err *err);
+
+/* Moves the sequential position over nbytes already written with
+ * lm_writer_pwrite, as lm_writer_write would after appending them. Call only
+ * once those pwrites have returned. Errors: as lm_writer_write. */
+int lm_writer_skip(lm_writer *w, size_t nbytes, lm_err *err);
+
 /* Checks every byte was written, fsyncs, renames into place, fsyncs the
  * directory, frees w. On error the temp file is removed and w freed. */
 int lm_writer_commit(lm_writer *w, lm_err *err);

@@ -58,6 +58,9 @@ struct lm_writer {
     size_t n_inputs;
     uint64_t wb_off;         /* file bytes already handed to writeback (kick_writeback) */
     uint64_t drop_off;       /* file bytes written back and dropped from the page cache */
+    int pfd;                 /* dup of fd for lm_writer_pwrite: stays open until free_writer,
+                                so a failure closing fd never lets a worker's pwrite reach
+                                a reused descriptor */
 };
 
 /* Rank of a dtype in the reference's Dtype enum (declaration order). */
@@ -228,6 +231,7 @@ static void free_writer(lm_writer *w)
 {
     if (!w) return;
     if (w->src_fd >= 0) close(w->src_fd);
+    if (w->pfd >= 0) close(w->pfd);
     free(w->src_path);
     if (w->t) for (size_t i = 0; i < w->n; i++) free(w->t[i].name);
     if (w->inputs) for (size_t i = 0; i < w->n_inputs; i++) free(w->inputs[i]);
@@ -471,6 +475,7 @@ int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors,
     if (!w || !(w->path = strdup(path))) { free(w); return lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); }
     w->fd = -1;
     w->src_fd = -1;
+    w->pfd = -1;
     if (opts->n_inputs) {
         w->inputs = calloc(opts->n_inputs, sizeof *w->inputs);
         if (!w->inputs) { rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto bad; }
@@ -523,6 +528,7 @@ int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors,
     if (!w->buf) { free(h.p); rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto bad; }
 
     if ((rc = make_tmp(w, err))) { free(h.p); goto bad; }
+    w->pfd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);   /* -1: lm_writer_pwrite reports it */
     /* reserve the space now: a full disk or a file-size limit fails here,
      * before any work is done (filesystems without fallocate just skip it) */
     uint64_t total = w->data_start + w->data_len;
@@ -666,6 +672,49 @@ static int copy_bytes(lm_writer *w, uint64_t off, uint64_t n, lm_err *err)
         off += (uint64_t)k;
         n -= (uint64_t)k;
     }
+    return 0;
+}
+
+int lm_writer_pwrite(lm_writer *w, uint64_t off, const void *data, size_t nbytes, lm_err *err)
+{
+    /* reads only what open fixed (pfd, data_start, data_len, path): safe from any thread */
+    if (off > w->data_len || nbytes > w->data_len - off)
+        return lm_err_set(err, LM_EUSAGE, w->path, NULL, (int64_t)(w->data_start + off),
+                          "%zu bytes at data offset %llu run past the %llu declared in the header",
+                          nbytes, (unsigned long long)off, (unsigned long long)w->data_len);
+    if (w->pfd < 0) return lm_err_set(err, LM_EIO, w->path, NULL, LM_ERR_NO_OFFSET, "cannot write: no descriptor");
+    const unsigned char *p = data;
+    uint64_t at = w->data_start + off;
+    while (nbytes) {
+        ssize_t k = pwrite(w->pfd, p, nbytes > (1u << 30) ? (1u << 30) : nbytes, (off_t)at);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            int e = k < 0 ? errno : EIO;
+            return lm_err_set(err, LM_EIO, w->path, NULL, (int64_t)at, "cannot write: %s", strerror(e));
+        }
+        p += k;
+        at += (uint64_t)k;
+        nbytes -= (size_t)k;
+    }
+    return 0;
+}
+
+int lm_writer_skip(lm_writer *w, size_t nbytes, lm_err *err)
+{
+    if (w->failed)
+        return lm_err_set(err, w->failed, w->path, NULL, LM_ERR_NO_OFFSET, "writer already failed");
+    if (nbytes > w->data_len - w->written) {
+        lm_err_set(err, LM_EUSAGE, w->path, NULL, (int64_t)(w->data_start + w->written),
+                   "%zu bytes skipped past the %llu declared in the header (temporary file removed)",
+                   nbytes, (unsigned long long)w->data_len);
+        return fail(w, LM_EUSAGE);
+    }
+    int rc = flush_buf(w, err);   /* what came before goes out first, then the position moves */
+    if (rc) return rc;
+    if (lseek(w->fd, (off_t)nbytes, SEEK_CUR) < 0) return io_fail(w, err, errno, "cannot seek");
+    w->written += nbytes;
+    advance(w);
+    kick_writeback(w);
     return 0;
 }
 

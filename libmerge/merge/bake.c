@@ -136,7 +136,7 @@ static int run_pipeline(bake *b, lm_writer *w, const lm_bake_opts *o, lm_bake_re
                     break;
                 }
             }
-            rc = emit(b, w, r->buf, r->nbytes, err);
+            rc = r->written ? lm_writer_skip(w, r->nbytes, err) : emit(b, w, r->buf, r->nbytes, err);
             const void *raw = lm_source_raw(b->src, t);
             if (raw) release_pages(raw, e->nbytes);
             /* r->buf is pool[j % window]: reused by job j + window once written and hashed */
@@ -325,6 +325,17 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     rc = lm_writer_open(&w, out, wt, b.nt, kv, meta.n, &wo, err);
     free(wt);
     if (rc) goto stop;
+    if ((b.out_off = calloc(b.nt ? b.nt : 1, sizeof *b.out_off))) {
+        uint64_t off = 0;
+        for (size_t k = 0; k < b.nt; k++) {
+            size_t t = lm_writer_tensor_index(w, k);
+            b.out_off[t] = off;
+            off += (uint64_t)lm_source_entry(src, t)->numel * lm_dtype_size(b.odt[t]);
+        }
+        pthread_mutex_lock(&b.mu);
+        b.w = w;                       /* no out_off: the writer thread writes everything */
+        pthread_mutex_unlock(&b.mu);
+    }
     if (o.hash_output) {
         if (!(b.md = EVP_MD_CTX_new())) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto stop; }
         EVP_DigestInit_ex(b.md, EVP_sha256(), NULL);
@@ -394,6 +405,7 @@ done:
     lmm_meta_free(&meta);
     free(recipe.inputs);
     for (size_t i = 0; b.loras && i < n; i++) lm_lora_close(b.loras[i]);
+    free(b.out_off);
     free(b.loras); free(b.uoff); free(b.upds); free(b.odt); free(b.mode); free(b.jobs); free(b.res);
     lm_keymap_free(km);
     lm_source_close(src);

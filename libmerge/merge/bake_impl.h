@@ -24,6 +24,7 @@ typedef struct result {
     size_t nbytes;
     int64_t overflow;  /* finite → ±Inf on the cast to the output dtype */
     int64_t nonfinite; /* NaN/±Inf made by the update from finite base values */
+    int written;       /* 1: the worker wrote it in place (lm_writer_pwrite) */
     int done, rc;
     lm_err err;
 } result;
@@ -48,6 +49,9 @@ typedef struct bake {
     EVP_MD_CTX *md;    /* SHA-256 of the output's data area (its own thread), or NULL */
     size_t hashed;     /* update jobs hashed (SIZE_MAX without hashing) */
     int hash_done;     /* the hash thread went through every tensor */
+    lm_writer *w;      /* set (under mu) once the output is open: workers then write their
+                          tensors in place, in parallel, instead of the writer thread */
+    uint64_t *out_off; /* nt: data-area offset of each tensor in the output */
 } bake;
 
 typedef struct hash_job {

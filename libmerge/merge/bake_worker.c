@@ -130,6 +130,15 @@ void *lmb_worker(void *arg)
             r.rc = lm_err_set(&r.err, LM_ENOMEM, lm_source_path(b->src), NULL, LM_ERR_NO_OFFSET, "out of memory");
         else
             r.rc = compute(b, b->jobs[j], &wb, out, &r);
+        /* the kernel's copy into the page cache is the writer thread's largest cost: done
+         * here, it runs on every worker at once (the writer then only steps over it) */
+        pthread_mutex_lock(&b->mu);
+        lm_writer *w = b->w;
+        pthread_mutex_unlock(&b->mu);
+        if (!r.rc && w && !(r.overflow || r.nonfinite)) {
+            r.rc = lm_writer_pwrite(w, b->out_off[b->jobs[j]], r.buf, r.nbytes, &r.err);
+            r.written = !r.rc;
+        }
         pthread_mutex_lock(&b->mu);
         b->res[j] = r;
         b->res[j].done = 1;
