@@ -8,7 +8,9 @@
  * Prints one line "stage size seconds(load) seconds(run) (CPU seconds of the
  * run: on a shared machine wall time overstates) GFLOP/s sgemm-ratio
  * peak-RSS-MiB"; the sgemm ratio is the stage's GFLOP/s over cblas_sgemm's
- * on a decoder-typical shape (M 256, N 16384, K 2304) in the same process. */
+ * on a decoder-typical shape (M 256, N 16384, K 2304) in the same process.
+ * RENDER_PROFILE=1 adds, for the vae stage, wall / CPU seconds and GFLOP per
+ * op class (lm_ops_profile) on stderr. */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 #include <time.h>
 
 #include "libmerge/clip.h"
+#include "libmerge/ops.h"
 #include "libmerge/pipeline.h"
 #include "libmerge/rng.h"
 #include "libmerge/scheduler.h"
@@ -59,6 +62,22 @@ static double peak_mib(void)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_maxrss / 1024.0;
+}
+
+/* per-op-class table (lm_ops_profile) of a run of dt wall / dc CPU seconds */
+static void print_profile(double dt, double dc)
+{
+    double sum = 0.0, csum = 0.0, cs, cf;
+    fprintf(stderr, "  %-20s %7s %6s %7s %7s %8s\n", "op class", "wall s", "wall%", "CPU s", "GFLOP", "GFLOP/s");
+    for (int cls = 0; cls < LM_PROF_N; cls++) {
+        const char *nm;
+        double sec = lm_ops_profile_seconds(cls, &nm, &cs, &cf);
+        if (nm[0] != ' ') { sum += sec; csum += cs; }
+        fprintf(stderr, "  %-20s %7.2f %5.1f%% %7.2f", nm, sec, 100.0 * sec / dt, cs);
+        if (cf > 0) fprintf(stderr, " %7.1f %8.1f", cf / 1e9, cf / 1e9 / sec);
+        fprintf(stderr, "\n");
+    }
+    fprintf(stderr, "  %-20s %7.2f %5.1f%% %7.2f\n", "outside ops", dt - sum, 100.0 * (dt - sum) / dt, dc - csum);
 }
 
 static int fail(const lm_err *e)
@@ -139,11 +158,14 @@ int main(int argc, char **argv)
         lm_rng_randn(&r, z, (size_t)4 * h * h);
         lm_vae_decode_opts o = LM_VAE_DECODE_OPTS_INIT;
         o.tile = extra ? extra : 0;
+        const char *prof = getenv("RENDER_PROFILE");
+        if (prof && !strcmp(prof, "1")) lm_ops_profile(1);
         t0 = now();
         c0 = cpu_seconds();
         if (lm_vae_decode(v, z, h, h, &o, img, &e)) return fail(&e);
         tr = now() - t0;
         cr = cpu_seconds() - c0;
+        if (prof && !strcmp(prof, "1")) { print_profile(tr, cr); lm_ops_profile(0); }
         flops = lm_vae_flops(v, h, h);
         free(z); free(img);
         lm_vae_free(v);

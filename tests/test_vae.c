@@ -7,7 +7,6 @@
 #include "libmerge/source.h"
 #include "libmerge/vae.h"
 #include "sampler/weights.h"
-#include "sampler/vae_impl.h"
 #include "test.h"
 
 #if __has_include(<valgrind/valgrind.h>)
@@ -173,32 +172,6 @@ static void test_vae_winograd_goldens(void)
     unsetenv("LIBMERGE_VAE_CONV");
 }
 
-/* Winograd F(2x2,3x3) against im2col convolution on odd and even sizes. */
-static void test_vae_winograd_conv(void)
-{
-    static const int cases[4][4] = { { 3, 4, 7, 5 }, { 8, 6, 1, 1 }, { 5, 2, 2, 9 }, { 16, 16, 12, 10 } };
-    double worst = 0;
-    for (int k = 0; k < 4; k++) {
-        const int C = cases[k][0], OC = cases[k][1], H = cases[k][2], W = cases[k][3];
-        float *x = malloc((size_t)C * H * W * sizeof *x), *w = malloc((size_t)OC * C * 9 * sizeof *w);
-        float *b = malloc((size_t)OC * sizeof *b), *y1 = malloc((size_t)OC * H * W * sizeof *y1);
-        float *y2 = malloc((size_t)OC * H * W * sizeof *y2);
-        uint32_t r = 7u + (uint32_t)k;
-        for (int i = 0; i < C * H * W; i++) { r = r * 1664525u + 1013904223u; x[i] = (float)(r >> 8) / 8388608.0f - 1.0f; }
-        for (int i = 0; i < OC * C * 9; i++) { r = r * 1664525u + 1013904223u; w[i] = (float)(r >> 8) / 8388608.0f - 1.0f; }
-        for (int i = 0; i < OC; i++) b[i] = 0.1f * (float)i;
-        lm_work wk = LM_WORK_INIT;
-        const int pad[4] = { 1, 1, 1, 1 };
-        float *U = lm_wino_filter(w, OC, C);
-        int rc = lm_conv2d(x, C, H, W, w, b, OC, 3, 1, pad, y1, &wk) || !U || lm_wino_conv3x3(x, C, H, W, U, b, OC, y2, &wk);
-        for (int i = 0; !rc && i < OC * H * W; i++) { double d = fabs((double)y1[i] - y2[i]); if (!(d <= worst)) worst = d; }
-        free(x); free(w); free(b); free(y1); free(y2); free(U);
-        lm_work_free(&wk);
-        CHECK(!rc);
-    }
-    CHECK_MSG(worst <= 1e-5, "Winograd vs im2col max |diff| %.3g", worst);
-}
-
 static void test_vae_errors(void)
 {
     lm_err e;
@@ -215,8 +188,7 @@ int main(void)
     RUN(test_vae_ldm_layout);
     if (!UNDER_VALGRIND()) RUN(test_vae_tiled_matches_untiled);   /* minutes under valgrind */
     RUN(test_vae_image_to_u8);
-    if (!UNDER_VALGRIND()) RUN(test_vae_winograd_goldens);   /* test_vae_winograd_conv covers it there */
-    RUN(test_vae_winograd_conv);
+    if (!UNDER_VALGRIND()) RUN(test_vae_winograd_goldens);   /* test_ops test_conv3x3_winograd covers the op there */
     RUN(test_vae_errors);
     TEST_EXIT();
 }

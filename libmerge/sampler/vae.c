@@ -7,7 +7,6 @@
 #include "libmerge/ops.h"
 #include "libmerge/vae.h"
 #include "sampler/weights.h"
-#include "vae_impl.h"
 
 typedef struct {
     int cin, cout;
@@ -41,7 +40,7 @@ static int conv3(int wino, const float *x, int C, int H, int W, const float *w, 
                  float *y, lm_work *work)
 {
     static const int pad1[4] = { 1, 1, 1, 1 };
-    if (wino) return lm_wino_conv3x3(x, C, H, W, w, b, OC, y, work);
+    if (wino) return lm_conv3x3_winograd(x, C, H, W, w, b, OC, y, work);
     return lm_conv2d(x, C, H, W, w, b, OC, 3, 1, pad1, y, work);
 }
 
@@ -65,8 +64,9 @@ static int to_wino(float **w, int OC, int C, int *flag, lm_err *err)
     *flag = 0;
     if (!use_wino(OC, C)) return 0;
     *flag = 1;
-    float *u = lm_wino_filter(*w, OC, C);
+    float *u = malloc((size_t)16 * OC * C * sizeof *u);
     if (!u) return lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
+    lm_conv3x3_winograd_weights(*w, OC, C, u);
     free(*w);
     *w = u;
     return 0;
