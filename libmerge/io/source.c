@@ -1,10 +1,10 @@
 /* Tensor source: format detection, dispatch to a backend, and the shared
  * entry table with its name index. See include/libmerge/source.h. */
 #include "source_impl.h"
+#include "core/strhash.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,55 +110,26 @@ const char *lm_source_meta_get(const lm_source *s, const char *key)
     return NULL;
 }
 
-/* Per-process random seed, set once (the first caller's value wins). */
-static uint64_t hash_seed(void)
+/* Key in slot j of the name index (NULL when empty), for lm_strtab_probe. */
+static const char *index_key(const void *table, size_t j)
 {
-    static uint64_t seed;
-    uint64_t v = __atomic_load_n(&seed, __ATOMIC_ACQUIRE);
-    if (v) return v;
-    uint64_t r = 0;
-    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) r = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&r;
-    r |= 1;
-    uint64_t expect = 0;
-    if (!__atomic_compare_exchange_n(&seed, &expect, r, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return expect;
-    return r;
-}
-
-/* FNV-1a from a random basis, then murmur3's fmix64 so the low bits used by
- * the table depend on every byte. Names come from untrusted files: with a
- * fixed, unmixed FNV-1a a crafted 6.7 MB header of 100,000 names falling in
- * 64 adjacent buckets made lm_source_open take 30 s of linear probing. */
-static uint64_t name_hash(const char *p)
-{
-    uint64_t h = 1469598103934665603ull ^ hash_seed();
-    while (*p) { h ^= (unsigned char)*p++; h *= 1099511628211ull; }
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
+    const lm_source *s = table;
+    return s->index[j] < 0 ? NULL : s->entries[s->index[j]].name;
 }
 
 int64_t lm_source_find(const lm_source *s, const char *name)
 {
     if (!s->index_cap) return -1;
-    size_t mask = s->index_cap - 1;
-    for (size_t j = name_hash(name) & mask;; j = (j + 1) & mask) {
-        int64_t k = s->index[j];
-        if (k < 0) return -1;
-        if (strcmp(s->entries[k].name, name) == 0) return k;
-    }
+    return s->index[lm_strtab_probe(s, s->index_cap, index_key, name)];
 }
 
 /* Inserts entry k; returns 1 if its name was already present. */
 static int index_insert(lm_source *s, size_t k)
 {
-    size_t mask = s->index_cap - 1;
-    for (size_t j = name_hash(s->entries[k].name) & mask;; j = (j + 1) & mask) {
-        if (s->index[j] < 0) { s->index[j] = (int64_t)k; return 0; }
-        if (strcmp(s->entries[s->index[j]].name, s->entries[k].name) == 0) return 1;
-    }
+    size_t j = lm_strtab_probe(s, s->index_cap, index_key, s->entries[k].name);
+    if (s->index[j] >= 0) return 1;
+    s->index[j] = (int64_t)k;
+    return 0;
 }
 
 int lm_source_reindex(lm_source *s, lm_err *err)

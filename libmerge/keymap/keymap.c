@@ -20,11 +20,11 @@
  * (SD2.x text encoder, SDXL's second, LDM layout) is registered three times,
  * as self_attn.q_proj/k_proj/v_proj with rows [0,d), [d,2d), [2d,3d). */
 #include "keymap_impl.h"
+#include "core/strhash.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,42 +42,16 @@ struct lm_keymap {
     size_t cap, n;
 };
 
-/* Per-process random seed, set once (the first caller's value wins). */
-static uint64_t hash_seed(void)
+/* Key in slot j (NULL when empty), for lm_strtab_probe. */
+static const char *slot_key(const void *table, size_t j)
 {
-    static uint64_t seed;
-    uint64_t v = __atomic_load_n(&seed, __ATOMIC_ACQUIRE);
-    if (v) return v;
-    uint64_t r = 0;
-    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) r = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&r;
-    r |= 1;
-    uint64_t expect = 0;
-    if (!__atomic_compare_exchange_n(&seed, &expect, r, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return expect;
-    return r;
-}
-
-/* FNV-1a from a random basis, finished with murmur3's fmix64: keys derive
- * from a base file's tensor names, so a fixed hash could be flooded (see
- * name_hash in io/source.c). */
-static uint64_t hash_str(const char *p)
-{
-    uint64_t h = 1469598103934665603ull ^ hash_seed();
-    while (*p) { h ^= (unsigned char)*p++; h *= 1099511628211ull; }
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
+    return ((const km_slot *)table)[j].key;
 }
 
 static const km_slot *lookup(const lm_keymap *m, const char *key)
 {
-    size_t mask = m->cap - 1;
-    for (size_t j = hash_str(key) & mask;; j = (j + 1) & mask) {
-        if (!m->tab[j].key) return NULL;
-        if (strcmp(m->tab[j].key, key) == 0) return &m->tab[j];
-    }
+    const km_slot *s = &m->tab[lm_strtab_probe(m->tab, m->cap, slot_key, key)];
+    return s->key ? s : NULL;
 }
 
 static int grow(lm_keymap *m)
@@ -85,12 +59,8 @@ static int grow(lm_keymap *m)
     size_t cap = m->cap ? 2 * m->cap : 4096;
     km_slot *tab = calloc(cap, sizeof *tab);
     if (!tab) return LM_ENOMEM;
-    for (size_t i = 0; i < m->cap; i++) {
-        if (!m->tab[i].key) continue;
-        size_t j = hash_str(m->tab[i].key) & (cap - 1);
-        while (tab[j].key) j = (j + 1) & (cap - 1);
-        tab[j] = m->tab[i];
-    }
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->tab[i].key) tab[lm_strtab_probe(tab, cap, slot_key, m->tab[i].key)] = m->tab[i];
     free(m->tab);
     m->tab = tab;
     m->cap = cap;
@@ -103,10 +73,8 @@ static int grow(lm_keymap *m)
 static int add(lm_keymap *m, const char *key, const lm_target *t)
 {
     if (2 * (m->n + 1) > m->cap && grow(m)) return LM_ENOMEM;
-    size_t mask = m->cap - 1;
-    size_t j = hash_str(key) & mask;
-    for (; m->tab[j].key; j = (j + 1) & mask)
-        if (strcmp(m->tab[j].key, key) == 0) return 0;
+    size_t j = lm_strtab_probe(m->tab, m->cap, slot_key, key);
+    if (m->tab[j].key) return 0;
     if (!(m->tab[j].key = strdup(key))) return LM_ENOMEM;
     m->tab[j].t = *t;
     m->n++;
