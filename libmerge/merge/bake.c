@@ -3,8 +3,10 @@
  * Pipeline (merge.h): the main thread plans (every input opened and resolved, every shape
  * checked, the output path checked) before the first byte is written; then worker threads
  * compute the tensors that change (read W as fp32, lm_lora_apply each module, round once
- * to the output dtype) up to a bounded window ahead, while the main thread writes in file
- * order, copying untouched tensors straight from the mapping. OpenBLAS runs one thread per
+ * to the output dtype) up to a bounded window ahead and write each in place
+ * (lm_writer_pwrite, so the kernel's copies run in parallel), while the main thread goes
+ * through the file in order, copying untouched tensors (copy_file_range) and stepping over
+ * the updated ones (lm_writer_skip). OpenBLAS runs one thread per
  * call (openblas_set_num_threads(1)) so workers × BLAS threads never exceed the workers.
  * Base pages are released (madvise DONTNEED) once written, so resident memory stays about
  * the window, not the model. The base's SHA-256 for the recipe is computed by its own
