@@ -13,9 +13,9 @@
  * input (through a 1×1 conv when the channel count changes). Every GroupNorm:
  * 32 groups, eps 1e-6. Sizes (block_out_channels, resnets per block, latent
  * channels) are read from the weight shapes. The 3×3 convolutions of resnets
- * and upsamplers with >= 256 input and output channels run as Winograd
+ * and upsamplers with >= 128 input and output channels run as Winograd
  * F(2×2, 3×3) (Lavin & Gray 2016; lm_conv3x3_winograd of ops.h), 2.25× fewer products than
- * im2col (measured ~25% less CPU for the SD1.5 decoder; agreement with the
+ * im2col (measured ~30% less CPU for the SD1.5 decoder; agreement with the
  * goldens unchanged, 4.7e-6); LIBMERGE_VAE_CONV=im2col turns it off,
  * =winograd uses it at every width.
  *

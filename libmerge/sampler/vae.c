@@ -44,9 +44,10 @@ static int conv3(int wino, const float *x, int C, int H, int W, const float *w, 
     return lm_conv2d(x, C, H, W, w, b, OC, 3, 1, pad1, y, work);
 }
 
-/* Winograd F(2×2, 3×3) where it pays on this CPU path: measured 1.3–2× over
- * im2col at 256–512 channels, no gain at 128 (the transforms, which run on
- * one thread, then weigh as much as the saved products). The filters take
+/* Winograd F(2×2, 3×3) (ops' lm_conv3x3_winograd, parallel transforms) where
+ * it pays: SD1.5 decoder at 512 px, CPU seconds at load ~3: 23.3 with it at
+ * >= 256 channels, 21.4 at every resnet/upsampler width (128 included). Below
+ * 128 channels (tiny test VAEs) im2col stays the default. The filters take
  * 16/9 of the weights' memory. LIBMERGE_VAE_CONV=im2col turns it off,
  * =winograd uses it at every width (tests run the goldens through it so). */
 static int use_wino(int OC, int C)
@@ -54,7 +55,7 @@ static int use_wino(int OC, int C)
     const char *mode = getenv("LIBMERGE_VAE_CONV");   /* "im2col", "winograd" (every resnet/upsampler conv) */
     if (mode && !strcmp(mode, "im2col")) return 0;
     if (mode && !strcmp(mode, "winograd")) return 1;
-    return OC >= 256 && C >= 256;
+    return OC >= 128 && C >= 128;
 }
 
 /* Replaces *w [OC, C, 3, 3] by its Winograd filters when use_wino says so;
