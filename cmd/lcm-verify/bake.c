@@ -33,10 +33,8 @@ static void text_report(const lm_verify_report *r)
         printf("  %-64s %-5s %4s %10s %10s %9s %s\n", "TENSOR", "DTYPE", "MODS", "MAX|ERR|", "REL", "ERR/BOUND", "");
         for (size_t i = 0; i < r->n_t; i++) {
             const lm_verify_tensor *t = &r->t[i];
-            const char *name = t->name;
-            size_t len = strlen(name);
-            printf("  %s%-*s %-5s %4d %10.3g %10.3g %9.3g %s\n", len > 64 ? "…" : "", len > 64 ? 63 : 64,
-                   len > 64 ? name + len - 63 : name, lm_dtype_name(t->dtype), t->modules, t->max_abs, t->rel,
+            lvp_text_name(t->name);
+            printf(" %-5s %4d %10.3g %10.3g %9.3g %s\n", lm_dtype_name(t->dtype), t->modules, t->max_abs, t->rel,
                    t->ratio, t->ok ? "ok" : "FAIL");
         }
     }
@@ -115,18 +113,7 @@ int lv_bake(int argc, char **argv)
     o.n_loras = nl;
     o.search = search;
     o.n_search = ns;
-    if (lm_cli_progress_enabled() && !json) o.progress = lvp_progress;
-    lm_verify_report r;
-    lm_err err;
-    lm_err_clear(&err);
-    int rc = lm_verify_bake(argv[optind], &o, &r, &err);
-    if (rc) st = lm_cli_fail(PROG, &err);
-    else {
-        if (json) json_report(&r);
-        else text_report(&r);
-        st = r.ok ? LM_EXIT_OK : LM_EXIT_VERIFY;
-    }
-    lm_verify_report_free(&r);
+    st = lvp_run_verify(PROG, lm_verify_bake, argv[optind], &o, json, text_report, json_report);
     free(search);
     lvp_free_weighted(loras, nl);
     return st;

@@ -35,9 +35,8 @@ static void text_report(const lm_verify_report *r)
                svd ? "OPTIMUM" : "BOUND", "RATIO");
         for (size_t i = 0; i < r->n_m; i++) {
             const lm_verify_module *m = &r->m[i];
-            size_t len = strlen(m->name);
-            printf("  %s%-*s %4d %3d %10.3g %10.3g %10.3g %9.3g %s\n", len > 64 ? "…" : "", len > 64 ? 63 : 64,
-                   len > 64 ? m->name + len - 63 : m->name, m->rank, m->sources, m->max_abs, m->rel,
+            lvp_text_name(m->name);
+            printf(" %4d %3d %10.3g %10.3g %10.3g %9.3g %s\n", m->rank, m->sources, m->max_abs, m->rel,
                    svd ? m->optimum : m->tol, m->ratio, m->ok ? "ok" : "FAIL");
         }
     }
@@ -108,18 +107,7 @@ int lv_lora(int argc, char **argv)
     o.n_loras = nf;
     o.search = search;
     o.n_search = ns;
-    if (lm_cli_progress_enabled() && !json) o.progress = lvp_progress;
-    lm_verify_report r;
-    lm_err err;
-    lm_err_clear(&err);
-    int rc = lm_verify_lora(merged, &o, &r, &err);
-    if (rc) st = lm_cli_fail(PROG, &err);
-    else {
-        if (json) json_report(&r);
-        else text_report(&r);
-        st = r.ok ? LM_EXIT_OK : LM_EXIT_VERIFY;
-    }
-    lm_verify_report_free(&r);
+    st = lvp_run_verify(PROG, lm_verify_lora, merged, &o, json, text_report, json_report);
     free(search);
     lvp_free_weighted(from, nf);
     return st;

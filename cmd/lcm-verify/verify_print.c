@@ -55,6 +55,30 @@ void lvp_json_print(cJSON *o)
     cJSON_Delete(o);
 }
 
+void lvp_text_name(const char *name)
+{
+    size_t len = strlen(name);
+    if (len > 64) printf("  …%-63s", name + len - 63);
+    else printf("  %-64s", name);
+}
+
+int lvp_run_verify(const char *prog, lvp_verify_fn fn, const char *target, lm_verify_opts *o, int json,
+                   void (*text)(const lm_verify_report *), void (*json_out)(const lm_verify_report *))
+{
+    if (lm_cli_progress_enabled() && !json) o->progress = lvp_progress;
+    lm_verify_report r;
+    lm_err err;
+    lm_err_clear(&err);
+    int st;
+    if (fn(target, o, &r, &err)) st = lm_cli_fail(prog, &err);
+    else {
+        (json ? json_out : text)(&r);
+        st = r.ok ? LM_EXIT_OK : LM_EXIT_VERIFY;
+    }
+    lm_verify_report_free(&r);
+    return st;
+}
+
 void lvp_text_inputs(const lm_verify_report *r)
 {
     /* inputs_from is empty when OUT could not be read far enough to gather any */

@@ -14,6 +14,15 @@ void lvp_json_print(cJSON *o);
 /* Text: the inputs block and the problems block, then the verdict line. */
 void lvp_text_inputs(const lm_verify_report *r);
 void lvp_text_problems(const lm_verify_report *r);
+/* "  " and name left-aligned in 64 columns; a longer name shows "…" and its last 63. */
+void lvp_text_name(const char *name);
+/* lm_verify_bake or lm_verify_lora. */
+typedef int (*lvp_verify_fn)(const char *target, const lm_verify_opts *o, lm_verify_report *r, lm_err *err);
+/* Runs fn on target with o (progress on a terminal unless json), prints the report
+ * with text or json_out, frees it. Returns the exit status: 0 verified, 1 a check
+ * failed, or lm_cli_fail's for an error (3 bad input, 4 I/O, 5 internal). */
+int lvp_run_verify(const char *prog, lvp_verify_fn fn, const char *target, lm_verify_opts *o, int json,
+                   void (*text)(const lm_verify_report *), void (*json_out)(const lm_verify_report *));
 /* Progress on stderr when it is a terminal. */
 void lvp_progress(void *ctx, const char *what, size_t done, size_t total);
 /* Collects "-l PATH[:λ]" specs; returns 0 or prints a usage error and returns 2. */
