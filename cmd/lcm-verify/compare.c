@@ -29,30 +29,6 @@ static void usage(FILE *f)
             "1 outside, 2 usage, 3 bad input, 4 I/O. See lcm-verify(1).\n");
 }
 
-/* Shared with sweep: the rendering options. Returns 1 when c was one of them. */
-int lv_render_option(const char *prog, int c, const char *arg, lm_verify_render *r, int *st);
-int lv_render_option(const char *prog, int c, const char *arg, lm_verify_render *r, int *st)
-{
-    double d;
-    switch (c) {
-    case 'p': r->opts.prompt = arg; return 1;
-    case 'n': r->opts.negative_prompt = arg; return 1;
-    case 'S':
-        if (!(*st = lvp_parse_double(prog, "--seed", arg, &d)) && (d < 0 || d != floor(d) || d > 18446744073709549568.0))
-            *st = lm_cli_usage_error(prog, "--seed: '%s' is not a non-negative integer", arg);
-        r->opts.seed = (uint64_t)d;
-        return 1;
-    case 'g':
-        if (!(*st = lvp_parse_double(prog, "--guidance", arg, &d))) r->opts.guidance = (float)d;
-        return 1;
-    case 'z': *st = lvp_parse_size(prog, arg, &r->opts.width, &r->opts.height); return 1;
-    case 'V': r->vae = arg; return 1;
-    case 'T': r->text_encoder = arg; return 1;
-    case 'c': r->opts.vocab = arg; return 1;
-    default: return 0;
-    }
-}
-
 static void json_report(const lm_compare_report *c, const char *baked, const char *base, const lm_weighted *l, size_t n,
                         const lm_verify_render *r, const char *png)
 {
@@ -106,26 +82,20 @@ int lv_compare(int argc, char **argv)
 {
     static const struct option longopts[] = {
         { "base", required_argument, NULL, 'b' }, { "lora", required_argument, NULL, 'l' },
-        { "lcm", required_argument, NULL, 'L' }, { "prompt", required_argument, NULL, 'p' },
-        { "negative", required_argument, NULL, 'n' }, { "seed", required_argument, NULL, 'S' },
-        { "steps", required_argument, NULL, 'k' }, { "guidance", required_argument, NULL, 'g' },
-        { "size", required_argument, NULL, 'z' }, { "vae", required_argument, NULL, 'V' },
-        { "text-encoder", required_argument, NULL, 'T' }, { "vocab", required_argument, NULL, 'c' },
+        { "lcm", required_argument, NULL, 'L' }, { "steps", required_argument, NULL, 'k' },
+        LVP_RENDER_LONGOPTS,
         { "output", required_argument, NULL, 'o' }, { "json", no_argument, NULL, 'j' },
         { "amplification", required_argument, NULL, 'A' },
         { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
     lm_verify_render r;
-    memset(&r, 0, sizeof r);
-    r.opts = (lm_render_opts)LM_RENDER_OPTS_INIT;
-    r.opts.width = r.opts.height = 128;
-    r.opts.prompt = "a photograph of an astronaut riding a horse";
+    lvp_render_init(&r);
     const char *base = NULL, *png = NULL;
     lm_weighted *loras = NULL;
     size_t nl = 0;
     int json = 0, c, st = 0;
     double d;
     while (!st && (c = getopt_long(argc, argv, "b:l:o:jh", longopts, NULL)) != -1) {
-        if (lv_render_option(PROG, c, optarg, &r, &st)) continue;
+        if (lvp_render_option(PROG, c, optarg, &r, &st)) continue;
         switch (c) {
         case 'b': base = optarg; break;
         case 'l': st = lvp_add_weighted(PROG, optarg, "lora", &loras, &nl); break;
@@ -133,7 +103,7 @@ int lv_compare(int argc, char **argv)
         case 'k':
             if (!(st = lvp_parse_double(PROG, "--steps", optarg, &d)) && (d < 1 || d > 50 || d != floor(d)))
                 st = lm_cli_usage_error(PROG, "--steps: '%s' is not an integer 1..50", optarg);
-            r.opts.steps = (int)d;
+            if (!st) r.opts.steps = (int)d;   /* converting d out of int's range is undefined */
             break;
         case 'o': png = optarg; break;
         case 'j': json = 1; break;

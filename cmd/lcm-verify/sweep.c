@@ -17,8 +17,6 @@
 #define PROG "lcm-verify sweep"
 #define MAX_LIST 16
 
-int lv_render_option(const char *prog, int c, const char *arg, lm_verify_render *r, int *st);
-
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -50,24 +48,18 @@ int lv_sweep(int argc, char **argv)
     static const struct option longopts[] = {
         { "lora", required_argument, NULL, 'l' }, { "lcm", required_argument, NULL, 'L' },
         { "steps", required_argument, NULL, 'k' }, { "lambda", required_argument, NULL, 'a' },
-        { "prompt", required_argument, NULL, 'p' }, { "negative", required_argument, NULL, 'n' },
-        { "seed", required_argument, NULL, 'S' }, { "guidance", required_argument, NULL, 'g' },
-        { "size", required_argument, NULL, 'z' }, { "vae", required_argument, NULL, 'V' },
-        { "text-encoder", required_argument, NULL, 'T' }, { "vocab", required_argument, NULL, 'c' },
+        LVP_RENDER_LONGOPTS,
         { "output", required_argument, NULL, 'o' }, { "json", no_argument, NULL, 'j' },
         { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
     lm_verify_render r;
-    memset(&r, 0, sizeof r);
-    r.opts = (lm_render_opts)LM_RENDER_OPTS_INIT;
-    r.opts.width = r.opts.height = 128;
-    r.opts.prompt = "a photograph of an astronaut riding a horse";
+    lvp_render_init(&r);
     double sd[MAX_LIST] = { 1, 2, 4, 8 }, lam[MAX_LIST] = { 0, 0.5, 1 };
     size_t nsd = 4, nlam = 3, nl = 0;
     lm_weighted *loras = NULL;
     const char *png = NULL;
     int json = 0, c, st = 0;
     while (!st && (c = getopt_long(argc, argv, "l:o:jh", longopts, NULL)) != -1) {
-        if (lv_render_option(PROG, c, optarg, &r, &st)) continue;
+        if (lvp_render_option(PROG, c, optarg, &r, &st)) continue;
         switch (c) {
         case 'l': st = lvp_add_weighted(PROG, optarg, "lora", &loras, &nl); break;
         case 'L': st = lvp_add_weighted(PROG, optarg, "lcm", &loras, &nl); break;
@@ -82,7 +74,7 @@ int lv_sweep(int argc, char **argv)
     int steps[MAX_LIST];
     for (size_t i = 0; !st && i < nsd; i++) {
         if (sd[i] < 1 || sd[i] > 50 || sd[i] != floor(sd[i])) st = lm_cli_usage_error(PROG, "--steps: %g is not an integer 1..50", sd[i]);
-        steps[i] = (int)sd[i];
+        else steps[i] = (int)sd[i];   /* converting sd[i] out of int's range is undefined */
     }
     if (!st && optind != argc - 1) st = lm_cli_usage_error(PROG, "expected one MODEL file (see --help)");
     if (!st && !png) st = lm_cli_usage_error(PROG, "-o GRID.png is required");

@@ -79,6 +79,36 @@ int lvp_run_verify(const char *prog, lvp_verify_fn fn, const char *target, lm_ve
     return st;
 }
 
+void lvp_render_init(lm_verify_render *r)
+{
+    memset(r, 0, sizeof *r);
+    r->opts = (lm_render_opts)LM_RENDER_OPTS_INIT;
+    r->opts.width = r->opts.height = 128;
+    r->opts.prompt = "a photograph of an astronaut riding a horse";
+}
+
+int lvp_render_option(const char *prog, int c, const char *arg, lm_verify_render *r, int *st)
+{
+    double d;
+    switch (c) {
+    case 'p': r->opts.prompt = arg; return 1;
+    case 'n': r->opts.negative_prompt = arg; return 1;
+    case 'S':
+        if (!(*st = lvp_parse_double(prog, "--seed", arg, &d)) && (d < 0 || d != floor(d) || d > 18446744073709549568.0))
+            *st = lm_cli_usage_error(prog, "--seed: '%s' is not a non-negative integer", arg);
+        if (!*st) r->opts.seed = (uint64_t)d;   /* d unset or out of range otherwise */
+        return 1;
+    case 'g':
+        if (!(*st = lvp_parse_double(prog, "--guidance", arg, &d))) r->opts.guidance = (float)d;
+        return 1;
+    case 'z': *st = lvp_parse_size(prog, arg, &r->opts.width, &r->opts.height); return 1;
+    case 'V': r->vae = arg; return 1;
+    case 'T': r->text_encoder = arg; return 1;
+    case 'c': r->opts.vocab = arg; return 1;
+    default: return 0;
+    }
+}
+
 void lvp_text_inputs(const lm_verify_report *r)
 {
     /* inputs_from is empty when OUT could not be read far enough to gather any */

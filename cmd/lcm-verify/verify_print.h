@@ -23,6 +23,18 @@ typedef int (*lvp_verify_fn)(const char *target, const lm_verify_opts *o, lm_ver
  * failed, or lm_cli_fail's for an error (3 bad input, 4 I/O, 5 internal). */
 int lvp_run_verify(const char *prog, lvp_verify_fn fn, const char *target, lm_verify_opts *o, int json,
                    void (*text)(const lm_verify_report *), void (*json_out)(const lm_verify_report *));
+/* The rendering options of compare and sweep, for their getopt_long tables
+ * (include <getopt.h>); lvp_render_option handles them. */
+#define LVP_RENDER_LONGOPTS                                                                      \
+    { "prompt", required_argument, NULL, 'p' }, { "negative", required_argument, NULL, 'n' },    \
+    { "seed", required_argument, NULL, 'S' }, { "guidance", required_argument, NULL, 'g' },      \
+    { "size", required_argument, NULL, 'z' }, { "vae", required_argument, NULL, 'V' },           \
+    { "text-encoder", required_argument, NULL, 'T' }, { "vocab", required_argument, NULL, 'c' }
+/* compare's and sweep's defaults: 128x128, the astronaut prompt, LM_RENDER_OPTS_INIT's rest. */
+void lvp_render_init(lm_verify_render *r);
+/* Applies rendering option c (LVP_RENDER_LONGOPTS) with argument arg to r; returns 1 when
+ * c was one of them (*st then 0, or 2 after printing a usage error), else 0. */
+int lvp_render_option(const char *prog, int c, const char *arg, lm_verify_render *r, int *st);
 /* Progress on stderr when it is a terminal. */
 void lvp_progress(void *ctx, const char *what, size_t done, size_t total);
 /* Collects "-l PATH[:λ]" specs; returns 0 or prints a usage error and returns 2. */

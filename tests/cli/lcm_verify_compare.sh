@@ -54,6 +54,12 @@ check compare_dropped_dtype has "$out" '"dtype":	"F16"'
 check compare_usage_no_lora [ "$rc" = 2 ]
 "$LV" compare $T/tiny16.safetensors --base $T/tiny.safetensors -l $A --size 60x64 >/dev/null 2>&1; rc=$?
 check compare_usage_size [ "$rc" = 2 ]
+# a refused --seed/--steps is never converted to an integer (undefined out of range): exit 2, named
+for a in "--seed -1" "--seed 1e30" "--steps 1e300"; do
+    err=$("$LV" compare $T/tiny16.safetensors --base $T/tiny.safetensors -l $A $a 2>&1 >/dev/null); rc=$?
+    check "compare_usage_range_${a// /_}" [ "$rc" = 2 ]
+    check "compare_usage_range_${a// /_}_message" has "$err" "${a%% *}: '${a#* }' is not"
+done
 
 # --- sweep: 2 steps × 2 λ ---
 out=$("$LV" sweep $T/tiny.safetensors -l $A $R --steps 1,2 --lambda 0,1 -o $T/grid.png); rc=$?
