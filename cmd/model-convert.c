@@ -1,6 +1,5 @@
 /* model-convert — any model file (.ckpt/.pt/.bin/.safetensors) to safetensors,
  * with dtype change, pruning, EMA weights and layout change (model-convert(1)). */
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,18 +10,6 @@
 #include "libmerge/writer.h"
 
 #define PROG "model-convert"
-
-/* The report on stdout is part of the result (pipelines read --json): a full
- * disk or closed pipe while writing it is an I/O error, not success. */
-static int stdout_errno;        /* first error of an earlier fflush(stdout) */
-
-static int stdout_status(int status)
-{
-    int e = fflush(stdout) ? errno : stdout_errno ? stdout_errno : ferror(stdout) ? EIO : 0;
-    if (!e) return status;
-    fprintf(stderr, PROG ": standard output: write error: %s\n", strerror(e));
-    return status == LM_EXIT_OK ? LM_EXIT_IO : status;
-}
 
 static void usage(FILE *f)
 {
@@ -181,7 +168,7 @@ int main(int argc, char **argv)
     if (u.json) {
         print_json(&u, out, &r, &err, rc);
         if (rc) lm_cli_fail(PROG, &err);
-        return stdout_status(rc ? lm_exit_status(rc) : LM_EXIT_OK);
+        return lm_cli_stdout_status(PROG, rc ? lm_exit_status(rc) : LM_EXIT_OK);
     }
     cJSON_Delete(u.overflows);
     cJSON_Delete(u.dropped);
@@ -193,5 +180,5 @@ int main(int argc, char **argv)
     if (r.n_unmapped) printf(", %zu without a %s name left out", r.n_unmapped, r.to_layout);
     if (r.n_overflow_tensors) printf(", %zu tensors overflowed", r.n_overflow_tensors);
     printf("), source sha256 %s\n", r.source_sha256);
-    return stdout_status(LM_EXIT_OK);
+    return lm_cli_stdout_status(PROG, LM_EXIT_OK);
 }

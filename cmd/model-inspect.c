@@ -1,7 +1,6 @@
 /* model-inspect — what a model file holds: format, tensor and parameter
  * counts, dtype histogram, sizes, metadata, what it is (LoRA, checkpoint,
  * unknown), hashes, keys (model-inspect(1)). */
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,18 +13,6 @@
 
 #define PROG "model-inspect"
 #define META_SHOW 160   /* metadata values longer than this are cut in text output */
-
-/* The report on stdout is part of the result (pipelines read --json): a full
- * disk or closed pipe while writing it is an I/O error, not success. */
-static int stdout_errno;        /* first error of an earlier fflush(stdout) */
-
-static int stdout_status(int status)
-{
-    int e = fflush(stdout) ? errno : stdout_errno ? stdout_errno : ferror(stdout) ? EIO : 0;
-    if (!e) return status;
-    fprintf(stderr, PROG ": standard output: write error: %s\n", strerror(e));
-    return status == LM_EXIT_OK ? LM_EXIT_IO : status;
-}
 
 static void usage(FILE *f)
 {
@@ -317,7 +304,7 @@ int main(int argc, char **argv)
             }
         }
         lm_source_close(s);
-        if (fflush(stdout) && !stdout_errno) stdout_errno = errno;
+        lm_cli_stdout_flush();
     }
     if (all) {
         char *txt = cJSON_Print(all);
@@ -325,5 +312,5 @@ int main(int argc, char **argv)
         else status = worse(status, LM_EXIT_INTERNAL);
         cJSON_Delete(all);
     }
-    return stdout_status(status);
+    return lm_cli_stdout_status(PROG, status);
 }

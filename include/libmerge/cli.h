@@ -30,6 +30,16 @@ int lm_cli_usage_error(const char *prog, const char *fmt, ...) __attribute__((fo
  * out of range ("x:nan", "x:1e999", "x:2000"). */
 int lm_parse_weighted(const char *spec, char *path, size_t n, double *lambda);
 
+/* A report on stdout is part of a command's result (pipelines read --json):
+ * a full disk or a closed pipe while writing it is an I/O error, not success.
+ * lm_cli_stdout_flush flushes stdout now and keeps the first failure's errno
+ * (call it between reports); lm_cli_stdout_status flushes once more and, when
+ * any write or flush of stdout failed, prints "PROG: standard output: write
+ * error: REASON" on stderr and returns LM_EXIT_IO in place of LM_EXIT_OK
+ * (any other status is kept); else it returns status unchanged. */
+void lm_cli_stdout_flush(void);
+int lm_cli_stdout_status(const char *prog, int status);
+
 /* Non-zero when stderr is a terminal (progress output goes there only then). */
 int lm_cli_progress_enabled(void);
 

@@ -73,6 +73,21 @@ int lm_parse_weighted(const char *spec, char *path, size_t n, double *lambda)
     return 0;
 }
 
+static int stdout_errno;        /* first error of an earlier fflush(stdout) */
+
+void lm_cli_stdout_flush(void)
+{
+    if (fflush(stdout) && !stdout_errno) stdout_errno = errno;
+}
+
+int lm_cli_stdout_status(const char *prog, int status)
+{
+    int e = fflush(stdout) ? errno : stdout_errno ? stdout_errno : ferror(stdout) ? EIO : 0;
+    if (!e) return status;
+    fprintf(stderr, "%s: standard output: write error: %s\n", prog, strerror(e));
+    return status == LM_EXIT_OK ? LM_EXIT_IO : status;
+}
+
 int lm_cli_progress_enabled(void)
 {
     return isatty(STDERR_FILENO);

@@ -32,3 +32,10 @@ check model_convert_unwritable_dir 4 "$MC" fixtures/torch/zip_dtypes.pt -o "$T/n
 
 check model_convert_layout 0 "$MC" fixtures/golden/sd15/vae_ldm.safetensors -o "$T/vae.safetensors" --layout diffusers
 if grep -q 'layout ldm -> diffusers' "$T/out"; then echo "PASS model_convert_layout_summary"; else echo "FAIL model_convert_layout_summary: $(cat "$T/out")"; fi
+
+# the report on stdout is part of the result: a full stdout is an I/O error (exit 4), named
+if [ -w /dev/full ]; then
+  "$MC" fixtures/torch/zip_dtypes.pt -o "$T/full.safetensors" --json >/dev/full 2>"$T/err"; rc=$?
+  if [ "$rc" = 4 ] && grep -q 'model-convert: standard output: write error: No space left on device' "$T/err"; then
+    echo "PASS model_convert_stdout_full"; else echo "FAIL model_convert_stdout_full: status $rc: $(head -c 300 "$T/err")"; fi
+fi

@@ -139,3 +139,10 @@ check no_args_exit_2 [ "$rc" = 2 ]
 check bad_option_exit_2 [ "$rc" = 2 ]
 "$MI" --help >/dev/null 2>&1; rc=$?
 check help_exit_0 [ "$rc" = 0 ]
+
+# the report on stdout is part of the result: a full stdout is an I/O error (exit 4), named
+if [ -w /dev/full ]; then
+    err=$("$MI" $R/sd15_lora_attnproc_noprefix.safetensors $R/sd15_lora_attnproc_noprefix.safetensors 2>&1 >/dev/full); rc=$?
+    check stdout_full_exit_4 [ "$rc" = 4 ]
+    check stdout_full_message has "$err" "model-inspect: standard output: write error: No space left on device"
+fi
