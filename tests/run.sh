@@ -20,10 +20,14 @@ run_one() {
   printf '%-40s %3d passed, %d failed\n' "$name" "$p" "$f" >&2
   pass=$((pass + p)); fail=$((fail + f))
 }
-for t in "${BUILD:-build}"/tests/test_*; do
-  [ -x "$t" ] || continue
-  case "$t" in *.d|*.o) continue;; esac
+# one program per tests/test_*.c: a source whose program is missing or not
+# executable is a failure, never a silent skip
+for src in tests/test_*.c; do
+  t="${BUILD:-build}/tests/$(basename "$src" .c)"
   [ -n "${TESTS:-}" ] && ! echo "$t" | grep -qE "${TESTS}" && continue
+  if [ ! -x "$t" ]; then
+    echo "FAIL $(basename "$t"): program not built ($t)"; fail=$((fail + 1)); continue
+  fi
   run_one "$(basename "$t")" ${TEST_WRAP:-} "$t"
 done
 if [ -z "${SKIP_CLI:-}" ]; then
