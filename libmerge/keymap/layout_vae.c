@@ -58,31 +58,46 @@ static int vae_attn(const char *p, int to_diffusers, km_buf *o, int *reshape)
     return LM_EINPUT;
 }
 
-/* encoder./decoder. body shared by both directions where names agree. */
-static int vae_common(const char **p, km_buf *o, int *done, int *rc)
+enum { PART_LEAF, PART_RESNET, PART_ATTN };
+
+/* The names outside the levels, one to one: LDM, diffusers, what follows. */
+static const struct { const char *ldm, *diffusers; int part; } FIXED[] = {
+    { "conv_in.", "conv_in.", PART_LEAF },
+    { "conv_out.", "conv_out.", PART_LEAF },
+    { "norm_out.", "conv_norm_out.", PART_LEAF },
+    { "mid.block_1.", "mid_block.resnets.0.", PART_RESNET },
+    { "mid.block_2.", "mid_block.resnets.1.", PART_RESNET },
+    { "mid.attn_1.", "mid_block.attentions.0.", PART_ATTN },
+};
+
+/* quant_conv., post_quant_conv. and the FIXED names under encoder./decoder.,
+ * either direction: returns 1 with *rc the result when p is one of them or
+ * neither under encoder. nor decoder. (*rc = LM_EINPUT); else returns 0 with
+ * p past "encoder."/"decoder.", that prefix written and *enc set. */
+static int vae_fixed(const char **p, int to_diffusers, km_buf *o, int *reshape, int *enc, int *rc)
 {
-    const char *same[] = { "conv_in.", "conv_out." };
-    *done = 1;
+    const char *top[] = { "quant_conv.", "post_quant_conv." };
     for (size_t k = 0; k < 2; k++)
-        if (km_lit(p, same[k])) { km_put(o, "%s", same[k]); *rc = leaf(o, *p); return 1; }
-    *done = 0;
+        if (km_lit(p, top[k])) { km_put(o, "%s", top[k]); *rc = leaf(o, *p); return 1; }
+    *enc = km_lit(p, "encoder.");
+    if (!*enc && !km_lit(p, "decoder.")) { *rc = LM_EINPUT; return 1; }
+    km_put(o, *enc ? "encoder." : "decoder.");
+    for (size_t k = 0; k < sizeof FIXED / sizeof FIXED[0]; k++) {
+        if (!km_lit(p, to_diffusers ? FIXED[k].ldm : FIXED[k].diffusers)) continue;
+        km_put(o, "%s", to_diffusers ? FIXED[k].diffusers : FIXED[k].ldm);
+        if (FIXED[k].part == PART_RESNET) *rc = vae_resnet(*p, to_diffusers, o);
+        else if (FIXED[k].part == PART_ATTN) *rc = vae_attn(*p, to_diffusers, o, reshape);
+        else *rc = leaf(o, *p);
+        return 1;
+    }
     return 0;
 }
 
 int km_vae_to_diffusers(const char *p, km_buf *o, int *reshape)
 {
-    int i, j, done, rc;
+    int i, j, enc, rc;
     size_t base = o->len;
-    if (km_lit(&p, "quant_conv.")) { km_put(o, "quant_conv."); return leaf(o, p); }
-    if (km_lit(&p, "post_quant_conv.")) { km_put(o, "post_quant_conv."); return leaf(o, p); }
-    int enc = km_lit(&p, "encoder.");
-    if (!enc && !km_lit(&p, "decoder.")) return LM_EINPUT;
-    km_put(o, enc ? "encoder." : "decoder.");
-    if (vae_common(&p, o, &done, &rc)) return rc;
-    if (km_lit(&p, "norm_out.")) { km_put(o, "conv_norm_out."); return leaf(o, p); }
-    if (km_lit(&p, "mid.block_1.")) { km_put(o, "mid_block.resnets.0."); return vae_resnet(p, 1, o); }
-    if (km_lit(&p, "mid.block_2.")) { km_put(o, "mid_block.resnets.1."); return vae_resnet(p, 1, o); }
-    if (km_lit(&p, "mid.attn_1.")) { km_put(o, "mid_block.attentions.0."); return vae_attn(p, 1, o, reshape); }
+    if (vae_fixed(&p, 1, o, reshape, &enc, &rc)) return rc;
     if (km_lit(&p, enc ? "down." : "up.")) {
         if (!km_num(&p, &i) || i >= VAE_LEVELS) return LM_EINPUT;
         int level = enc ? i : VAE_LEVELS - 1 - i;
@@ -107,17 +122,8 @@ int km_vae_to_diffusers(const char *p, km_buf *o, int *reshape)
 
 int km_vae_to_ldm(const char *p, km_buf *o, int *reshape)
 {
-    int i, j, done, rc;
-    if (km_lit(&p, "quant_conv.")) { km_put(o, "quant_conv."); return leaf(o, p); }
-    if (km_lit(&p, "post_quant_conv.")) { km_put(o, "post_quant_conv."); return leaf(o, p); }
-    int enc = km_lit(&p, "encoder.");
-    if (!enc && !km_lit(&p, "decoder.")) return LM_EINPUT;
-    km_put(o, enc ? "encoder." : "decoder.");
-    if (vae_common(&p, o, &done, &rc)) return rc;
-    if (km_lit(&p, "conv_norm_out.")) { km_put(o, "norm_out."); return leaf(o, p); }
-    if (km_lit(&p, "mid_block.resnets.0.")) { km_put(o, "mid.block_1."); return vae_resnet(p, 0, o); }
-    if (km_lit(&p, "mid_block.resnets.1.")) { km_put(o, "mid.block_2."); return vae_resnet(p, 0, o); }
-    if (km_lit(&p, "mid_block.attentions.0.")) { km_put(o, "mid.attn_1."); return vae_attn(p, 0, o, reshape); }
+    int i, j, enc, rc;
+    if (vae_fixed(&p, 0, o, reshape, &enc, &rc)) return rc;
     if (km_lit(&p, enc ? "down_blocks." : "up_blocks.")) {
         if (!km_num(&p, &i) || i >= VAE_LEVELS) return LM_EINPUT;
         int level = enc ? i : VAE_LEVELS - 1 - i;
