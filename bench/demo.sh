@@ -6,7 +6,8 @@
 #   2. an LCM-LoRA-shaped LoRA (the released SD1.5 LCM-LoRA's 834 tensors, rank 64, fp16,
 #      fixtures/golden/manifests/lcm_lora_sd15_keys.json),
 #   3. a real style LoRA from fixtures/real/ (SD1.5, diffusers attention-processor format),
-#   4. lcm-bake: W' = W + 0.8·ΔW_style + 1.0·ΔW_LCM, fp16 out, into demo-out/.
+#   4. lcm-bake: W' = W + 0.8·ΔW_style + 1.0·ΔW_LCM, fp16 out, into demo-out/,
+#   5. lcm-verify bake: proves the output equals base + Σ λ·ΔW from its recipe alone.
 # Needs about 4.5 GB free disk (two 2.1 GB checkpoints). DEMO_OUT overrides the folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,12 @@ t0=$(now)
 "$BIN/lcm-bake" "$BASE" -l "$STYLE:0.8" --lcm "$LCM:1.0" -o "$BAKED" --title "SD1.5 synthetic + style 0.8 + LCM 1.0"
 t1=$(now)
 echo "   bake took $(secs "$t0" "$t1") s (fsync'd output; SHA-256 of the base and of the output's data included)"
+
+echo "== 4. verify: lcm-verify bake recomputes every ΔW from the recipe in the output's header"
+t0=$(now)
+"$BIN/lcm-verify" bake "$BAKED" --search "$(dirname "$STYLE")" --search "$OUT" | tail -n 3 | sed 's/^/   /'
+t1=$(now)
+echo "   verify took $(secs "$t0" "$t1") s"
 
 echo "== result"
 ls -l "$BASE" "$LCM" "$BAKED" | awk '{ printf "   %12s  %s\n", $5, $NF }'
