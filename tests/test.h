@@ -35,6 +35,28 @@ static const char *t_name_ = "";
         if (t_failed_) t_total_fail_++; else printf("PASS %s\n", #fn); fflush(stdout); } while (0)
 #define TEST_EXIT() return t_total_fail_ ? 1 : 0
 
+/* The whole file at path in a new buffer (free it), NUL-terminated; its length in
+ * *n (n may be NULL). NULL when the file cannot be opened or memory runs out. */
+static inline void *t_slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, len = 0, got;
+    char *b = malloc(cap);
+    while (b && (got = fread(b + len, 1, cap - len - 1, f)) > 0) {
+        len += got;
+        if (len + 1 == cap) {
+            char *nb = realloc(b, cap *= 2);
+            if (!nb) free(b);
+            b = nb;
+        }
+    }
+    fclose(f);
+    if (b) b[len] = 0;
+    if (n) *n = len;
+    return b;
+}
+
 /* Path of a fixture relative to the repository root (tests run from there). */
 #define FIXTURE(p) ("fixtures/" p)
 

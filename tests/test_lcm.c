@@ -7,17 +7,6 @@
 #include "libmerge/source.h"
 #include "test.h"
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END); long n = ftell(f); fseek(f, 0, SEEK_SET);
-    char *p = malloc((size_t)n + 1);
-    if (fread(p, 1, (size_t)n, f) != (size_t)n) { free(p); p = NULL; } else p[n] = 0;
-    fclose(f);
-    return p;
-}
-
 /* reads tensor `name` of src as fp32 into a new buffer (NULL if absent) */
 static float *get(lm_source *src, const char *name, int64_t *numel)
 {
@@ -32,7 +21,7 @@ static float *get(lm_source *src, const char *name, int64_t *numel)
 
 static void test_lcm_timesteps_golden(void)
 {
-    char *js = slurp(FIXTURE("golden/sd15/lcm.json"));
+    char *js = t_slurp(FIXTURE("golden/sd15/lcm.json"), NULL);
     CHECK(js);
     cJSON *root = cJSON_Parse(js), *ts = cJSON_GetObjectItem(root, "timesteps"), *it;
     CHECK(ts);

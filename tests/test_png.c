@@ -6,20 +6,6 @@
 #include "libmerge/png.h"
 #include "test.h"
 
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long k = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)k + 1);
-    if (b && fread(b, 1, (size_t)k, f) != (size_t)k) { free(b); b = NULL; }
-    fclose(f);
-    *n = (size_t)k;
-    return b;
-}
-
 static int contains(const char *hay, size_t n, const char *needle)
 {
     size_t k = strlen(needle);
@@ -46,7 +32,7 @@ static void roundtrip(const char *value, const char *chunk)
     char *params = NULL;
     int rc = lm_png_read(path, &back, &w, &h, &params, &e);
     size_t n = 0;
-    char *raw = slurp(path, &n);
+    char *raw = t_slurp(path, &n);
     unlink(path);
     CHECK_OK(rc, &e);
     int same = w == W && h == H && !memcmp(back, img, sizeof img);

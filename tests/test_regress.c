@@ -25,26 +25,6 @@ static void on_alarm(int sig)
     _exit(1);
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, len = 0;
-    unsigned char *b = malloc(cap);
-    size_t got;
-    while (b && (got = fread(b + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) {
-            unsigned char *nb = realloc(b, cap *= 2);
-            if (!nb) { free(b); b = NULL; }
-            else b = nb;
-        }
-    }
-    fclose(f);
-    *n = len;
-    return b;
-}
-
 static int allowed(int rc)
 {
     return rc == 0 || rc == LM_EINPUT || rc == LM_EUNSUPPORTED || rc == LM_EIO ||
@@ -56,7 +36,7 @@ static char cur_path[1024];
 static void replay(void)
 {
     size_t n = 0;
-    unsigned char *data = slurp(cur_path, &n);
+    unsigned char *data = t_slurp(cur_path, &n);
     CHECK_MSG(data != NULL, "cannot read %s", cur_path);
     lm_err err;
     lm_err_clear(&err);

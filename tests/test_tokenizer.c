@@ -9,20 +9,6 @@
 static lm_tokenizer *g_tok;
 static cJSON *g_json;
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
-    if (b) b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 static void test_tokenizer_open(void)
 {
     lm_err e;
@@ -54,7 +40,7 @@ static void test_tokenizer_cat(void)
 static void test_tokenizer_goldens(void)
 {
     CHECK(g_tok);
-    char *text = slurp(FIXTURE("golden/clip/tokenizer_goldens.json"));
+    char *text = t_slurp(FIXTURE("golden/clip/tokenizer_goldens.json"), NULL);
     CHECK(text);
     g_json = cJSON_Parse(text);
     free(text);

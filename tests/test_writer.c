@@ -30,20 +30,6 @@ static int dir_count(const char *dir)
     return n;
 }
 
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc((size_t)n + 1);
-    if (fread(p, 1, (size_t)n, f) != (size_t)n) { free(p); fclose(f); return NULL; }
-    fclose(f);
-    *len = (size_t)n;
-    return p;
-}
-
 /* Copies every tensor and the metadata of src into out through the writer,
  * in the writer's order, in chunks of `chunk` bytes. */
 static int copy_through_mode(const char *src, const char *out, size_t chunk, int kernel, lm_err *err)
@@ -107,7 +93,7 @@ static void test_roundtrip_identical(void)
         for (int kernel = 0; kernel < 2; kernel++) {
         CHECK_OK(copy_through_mode(src, out, f == 0 ? 7 : 1 << 20, kernel, &err), &err);
         size_t a_len = 0, b_len = 0;
-        unsigned char *a = slurp(src, &a_len), *b = slurp(out, &b_len);
+        unsigned char *a = t_slurp(src, &a_len), *b = t_slurp(out, &b_len);
         CHECK(a && b);
         CHECK_EQ_INT(b_len, a_len);
         size_t diff = 0;
@@ -130,7 +116,7 @@ static void test_roundtrip_unpadded_source(void)
     lm_err err;
     CHECK_OK(copy_through("fixtures/real/sd15_lycoris_lokr_fp16.safetensors", out, 4096, &err), &err);
     size_t a_len = 0, b_len = 0;
-    unsigned char *a = slurp("fixtures/real/sd15_lycoris_lokr_fp16.safetensors", &a_len), *b = slurp(out, &b_len);
+    unsigned char *a = t_slurp("fixtures/real/sd15_lycoris_lokr_fp16.safetensors", &a_len), *b = t_slurp(out, &b_len);
     CHECK(a && b);
     CHECK_EQ_INT(b_len, a_len + 2);
     CHECK_EQ_INT(b[0] | b[1] << 8 | b[2] << 16, 244264);
@@ -172,7 +158,7 @@ static void test_reference_vectors(void)
     write_one(path, &t, 1, NULL, 0, v, sizeof v, &err, &rc);
     CHECK_OK(rc, &err);
     size_t len;
-    unsigned char *b = slurp(path, &len);
+    unsigned char *b = t_slurp(path, &len);
     CHECK_EQ_INT(len, sizeof ser);
     CHECK(memcmp(b, ser, len) == 0);
     free(b);
@@ -187,7 +173,7 @@ static void test_reference_vectors(void)
     lm_wtensor t2 = { "attn0", LM_DT_F32, 4, { 1, 1, 2, 3 } };
     write_one(path, &t2, 1, NULL, 0, v, sizeof v, &err, &rc);
     CHECK_OK(rc, &err);
-    b = slurp(path, &len);
+    b = t_slurp(path, &len);
     CHECK_EQ_INT(len, sizeof forced);
     CHECK(memcmp(b, forced, len) == 0);
     free(b);
@@ -195,7 +181,7 @@ static void test_reference_vectors(void)
     static const unsigned char empty[] = { 8, 0, 0, 0, 0, 0, 0, 0, 123, 125, 32, 32, 32, 32, 32, 32 };
     write_one(path, NULL, 0, NULL, 0, NULL, 0, &err, &rc);
     CHECK_OK(rc, &err);
-    b = slurp(path, &len);
+    b = t_slurp(path, &len);
     CHECK_EQ_INT(len, sizeof empty);
     CHECK(memcmp(b, empty, len) == 0);
     free(b);
@@ -204,7 +190,7 @@ static void test_reference_vectors(void)
     lm_kv kv = { "framework", "pt" };
     write_one(path, NULL, 0, &kv, 1, NULL, 0, &err, &rc);
     CHECK_OK(rc, &err);
-    b = slurp(path, &len);
+    b = t_slurp(path, &len);
     CHECK_EQ_INT(len, 8 + 40);
     CHECK_EQ_INT(b[0], 40);
     CHECK(memcmp(b + 8, empty_meta, 40) == 0);
@@ -236,7 +222,7 @@ static void test_order_and_escapes(void)
     CHECK_OK(lm_writer_write(w, data, sizeof data, &err), &err);
     CHECK_OK(lm_writer_commit(w, &err), &err);
     size_t len;
-    unsigned char *b = slurp(path, &len);
+    unsigned char *b = t_slurp(path, &len);
     const char *expect =
         "{\"a\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":[0,8]},"
         "\"q\\\"\\\\\\n\\u0001\xc3\xa9\":{\"dtype\":\"F64\",\"shape\":[0],\"data_offsets\":[8,8]},"
@@ -393,7 +379,7 @@ static void test_copy_from(void)
     CHECK_OK(lm_writer_copy_from(w, "fixtures/real/st_i64_scalar_offset_order.safetensors", 656, 8, &err), &err); /* c */
     CHECK_OK(lm_writer_commit(w, &err), &err);
     size_t len;
-    unsigned char *b = slurp(out, &len);
+    unsigned char *b = t_slurp(out, &len);
     CHECK_EQ_INT(len, ds + 32);
     CHECK(memcmp(b + ds, bytes + 10, 8) == 0);
     CHECK(memcmp(b + ds + 8, "0123456789abcdef", 16) == 0);
