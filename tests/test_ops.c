@@ -112,6 +112,7 @@ static void test_conv3x3_winograd(void)
     CHECK_NEAR(check_wino(5, 7, 9, 6, 1), 0, 1e-5);
     CHECK_NEAR(check_wino(3, 1, 1, 2, 0), 0, 1e-5);
     CHECK_NEAR(check_wino(37, 20, 30, 40, 1), 0, 1e-4);
+    CHECK_NEAR(check_wino(4, 9, 35, 3, 1), 0, 1e-5);   /* odd H and W past the 8-tile vector blocks */
     CHECK_NEAR(check_wino(3000, 5, 200, 4, 1), 0, 1e-3);   /* sums of 27000 products */
 }
 static void test_conv2d_out_size(void)
