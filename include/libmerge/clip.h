@@ -60,7 +60,9 @@ int lm_clip_load(lm_clip **out, lm_weights *w, const lm_source *src, lm_err *err
  * that matches nothing). */
 int lm_clip_load_source(lm_clip **out, const lm_source *src, const lm_lora *const *loras,
                         const float *lambdas, size_t n_loras, lm_err *err);
+/* Frees the encoder and its weights; safe on NULL. */
 void lm_clip_free(lm_clip *c);
+/* The sizes found at load, owned by c. */
 const lm_clip_config *lm_clip_config_of(const lm_clip *c);
 
 /* Encodes one token row: ids [T] (T ≤ positions, normally 77, ids < vocab)
@@ -73,7 +75,9 @@ const lm_clip_config *lm_clip_config_of(const lm_clip *c);
 int lm_clip_encode(const lm_clip *c, const int32_t *ids, int T, int clip_skip, int final_ln,
                    float *out, lm_err *err);
 
-/* Token + position embedding alone (hidden_states[0]): ids [T] → out [T, C]. */
+/* Token + position embedding alone (hidden_states[0] of CLIPTextModel with
+ * output_hidden_states): ids [T] → out [T, C] fp32. Errors: LM_EUSAGE (bad T
+ * or an id out of range). */
 int lm_clip_embed(const lm_clip *c, const int32_t *ids, int T, float *out, lm_err *err);
 
 #ifdef __cplusplus

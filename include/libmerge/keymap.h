@@ -53,7 +53,12 @@ const char *lm_arch_name(lm_arch a);        /* "sd1", "sd2", "sdxl", "ssd-1b", "
 const char *lm_layout_name(lm_layout l);    /* "ldm", "diffusers", "unknown" */
 
 /* Classifies a full checkpoint (or a single component) from names and
- * shapes. Never fails: unsure gives LM_ARCH_UNKNOWN with a reason. */
+ * shapes: layout from the name prefixes above, architecture from the
+ * cross-attention width (attn2.to_k in-features 768 SD1, 1024 SD2, 2048
+ * SDXL; SSD-1B by its mid block without attention), the levels, SDXL's
+ * label_emb and the text encoders' widths: the rules of ComfyUI's model
+ * detection and stable-diffusion.cpp's version check (libmerge/keymap/detect.c). Never fails: unsure gives LM_ARCH_UNKNOWN with
+ * a reason. */
 void lm_model_detect(const lm_source *s, lm_model_info *out);
 
 /* What lm_layout_convert_name reports through *reshape. */
@@ -133,7 +138,9 @@ typedef struct lm_keymap lm_keymap;
  * cannot name the architecture or layout (message carries its reason),
  * LM_ENOMEM. The map refers to base, which must outlive it. */
 int lm_keymap_build(lm_keymap **out, const lm_source *base, lm_err *err);
+/* Frees the map (not the base source); safe on NULL. */
 void lm_keymap_free(lm_keymap *m);
+/* lm_model_detect's verdict on the base, owned by the map. */
 const lm_model_info *lm_keymap_info(const lm_keymap *m);
 
 /* Resolves every module of lora onto base: targets[i] for module i
@@ -161,8 +168,10 @@ int64_t lm_keymap_find(const lm_keymap *m, const char *module_name, lm_component
 /* Checks that a ΔW of shape [ndim] fits target t: same leading dimension as
  * t->rows and the same element count as rows × the target's other
  * dimensions (so linear [o,i] fits conv [o,i,1,1] and LoKr's [o, i·kh·kw]
- * fits [o,i,kh,kw]). Returns 0, or LM_EMISMATCH naming module, both shapes
- * and the likely cause ("an SD1.x LoRA on an SDXL base?"). */
+ * fits [o,i,kh,kw]). Returns 0, or LM_EMISMATCH naming module (as the key),
+ * both shapes and the likely cause ("an SD1.x LoRA on an SDXL base?"); the
+ * error's file is left empty for the caller to add the LoRA's path
+ * (lm_keymap_resolve does). */
 int lm_keymap_check_fit(const lm_keymap *m, const char *module_name, const lm_target *t,
                         int ndim, const int64_t *shape, lm_err *err);
 

@@ -94,6 +94,7 @@ typedef struct lm_lora lm_lora;
  * LoRA modules (a factor without its partner, rank disagreeing between up
  * and down, alpha not a float scalar), naming the key. */
 int lm_lora_open(lm_lora **out, const char *path, const lm_open_opts *opts, lm_err *err);
+/* Closes the LoRA (and the source lm_lora_open opened); safe on NULL. */
 void lm_lora_close(lm_lora *l);
 
 /* As lm_lora_open on a source the caller already opened (model-inspect,
@@ -101,6 +102,9 @@ void lm_lora_close(lm_lora *l);
  * caller closes it after lm_lora_close. Same errors as lm_lora_open. */
 int lm_lora_from_source(lm_lora **out, const lm_source *src, lm_err *err);
 
+/* The file's main naming convention (modules carry their own); its name:
+ * "kohya", "diffusers", "diffusers-attnproc", "peft", "unknown"; the source
+ * the factors are read from (owned by l, or borrowed: lm_lora_from_source). */
 lm_lora_convention lm_lora_convention_of(const lm_lora *l);
 const char *lm_lora_convention_name(lm_lora_convention c);
 const lm_source *lm_lora_source(const lm_lora *l);
@@ -110,7 +114,7 @@ size_t lm_lora_count(const lm_lora *l);
 const lm_lora_module *lm_lora_module_at(const lm_lora *l, size_t i);
 
 /* Source entry index of factor f of module i, or -1 when the module has
- * none (lora-merge reads up/down through this). */
+ * none or i / f is out of range (lora-merge reads up/down through this). */
 int64_t lm_lora_factor_entry(const lm_lora *l, size_t i, lm_lora_factor f);
 
 /* The training algorithm the modules add up to: "lora" (up·down, linear or
@@ -121,12 +125,15 @@ const char *lm_module_kind_name(lm_module_kind k);   /* "lora", "tucker", "loha"
 const char *lm_component_name(lm_component c);      /* "unet", "te", "te2" */
 
 /* Tensors of the file that belong to no module (unknown suffix, or an
- * alpha/scale without factors): they are skipped, and listed here. */
+ * alpha/scale without factors): they are skipped, and listed here (names
+ * owned by l; NULL when i >= lm_lora_ignored_count). */
 size_t lm_lora_ignored_count(const lm_lora *l);
 const char *lm_lora_ignored_at(const lm_lora *l, size_t i);
 
 /* Detects the naming convention of a source's tensor names without building
- * modules (model-inspect uses it). LM_LORA_UNKNOWN when it is not a LoRA. */
+ * modules (model-inspect uses it), from the key prefixes and factor suffixes
+ * of the table in lora_parse.c (kohya-ss sd-scripts, diffusers, PEFT).
+ * Never fails: LM_LORA_UNKNOWN when it is not a LoRA. */
 lm_lora_convention lm_lora_detect(const lm_source *s);
 
 /* ΔW of module i in fp32, scale folded in, written to dst (numel of
@@ -136,7 +143,10 @@ lm_lora_convention lm_lora_detect(const lm_source *s);
  * Formulas and their sources: libmerge/lora/lora_delta.c. */
 int lm_lora_delta(const lm_lora *l, size_t i, float *dst, lm_err *err);
 
-/* Bias update (.diff_b) of module i, out floats; LM_EUSAGE if !has_bias. */
+/* Bias update (.diff_b) of module i in fp32: dst [shape[0]] (the module's
+ * out). Not scaled by λ (the caller does). Errors: LM_EUSAGE (i out of range,
+ * or the module has no .diff_b), those of lm_source_read_f32, naming the
+ * file and the module. */
 int lm_lora_delta_bias(const lm_lora *l, size_t i, float *dst, lm_err *err);
 
 /* Applies module i with weight λ to a base weight W (fp32, row-major,

@@ -119,6 +119,7 @@ typedef struct lm_bake_report {
  * LM_ENOMEM, LM_EINTR. */
 int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *out,
             const lm_bake_opts *opts, lm_bake_report *report, lm_err *err);
+/* Frees what the report holds and empties it; safe on NULL and on an emptied report. */
 void lm_bake_report_free(lm_bake_report *r);
 
 /* ---- LoRA merge, extract ----------------------------------------------------------- */
@@ -195,6 +196,7 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
  * different architectures), LM_EUSAGE (rank 0), and those of lm_lora_merge. */
 int lm_lora_extract(const char *base, const char *tuned, const char *out,
                     const lm_lmerge_opts *opts, lm_lmerge_report *report, lm_err *err);
+/* Frees what the report holds and empties it; safe on NULL and on an emptied report. */
 void lm_lmerge_report_free(lm_lmerge_report *r);
 
 /* Truncated SVD of a row-major [m, n] fp32 matrix A (A is overwritten): writes
@@ -229,8 +231,11 @@ typedef struct lm_recipe {
 
 /* Parses the JSON value of LM_RECIPE_KEY. Errors: LM_EINPUT naming the field. */
 int lm_recipe_parse(const char *json, lm_recipe *out, lm_err *err);
-/* Serialises a recipe (malloc'd string, caller frees), or NULL on allocation failure. */
+/* Serialises a recipe as the JSON lm_recipe_parse reads (LM_RECIPE_FORMAT; fields in
+ * lcm-bake(1), RECIPE) into a malloc'd string the caller frees, or NULL on allocation
+ * failure. */
 char *lm_recipe_json(const lm_recipe *r);
+/* Frees the strings and inputs of r and empties it; safe on NULL. */
 void lm_recipe_free(lm_recipe *r);
 
 #ifdef __cplusplus

@@ -5,12 +5,15 @@
  * are one batch item in [C, H, W] (channels-first, as PyTorch's NCHW without
  * N): callers loop over the batch. Token tensors are [T, C] (token-major, a
  * row per token), as transformer blocks use them. The heavy work (conv2d,
- * linear, attention) runs on cblas_sgemm. Large GEMMs are threaded by
- * OpenBLAS; work it splits badly or not at all (attention per head, …) runs
- * on short-lived threads of the op itself, as many as OpenBLAS would use
- * (openblas_get_num_threads), with OpenBLAS set to one thread meanwhile and
- * restored after. Because that setting is process wide, ops must not run
- * concurrently with other OpenBLAS calls from another thread.
+ * linear, attention) runs on cblas_sgemm. Ops split their work over
+ * short-lived threads of their own, as many as OpenBLAS is set to use
+ * (openblas_get_num_threads, at most 64): GEMMs in blocks of output columns
+ * (rows when narrow), each a single-threaded sgemm; attention by (head,
+ * query block); im2col, norms and element-wise ops by blocks of channels or
+ * rows. OpenBLAS is set to one thread meanwhile and restored after. Because
+ * that setting is process wide, ops must not run concurrently with other
+ * OpenBLAS calls from another thread. Ops returning void cannot fail (their
+ * scratch, if any, is the caller's).
  *
  * Unless a comment says otherwise, an op's output must not overlap its input;
  * ops marked "in place" take one buffer.
@@ -57,7 +60,7 @@ int lm_tensor_alloc(lm_tensor *t, int ndim, const int64_t *shape, lm_err *err);
 /* Frees data when owned and empties *t; safe on NULL and on an empty tensor. */
 void lm_tensor_free(lm_tensor *t);
 
-/* Number of elements (product of the shape; 0 for an empty tensor). */
+/* Number of elements (product of the shape; 0 for an empty tensor or NULL). */
 int64_t lm_tensor_numel(const lm_tensor *t);
 
 /* Scratch memory reused across ops (grown on demand, never shrunk), so a
@@ -71,6 +74,7 @@ typedef struct lm_work {
 /* Returns a buffer of at least n floats (contents undefined), or NULL when
  * out of memory. The pointer stays valid until the next lm_work_get/free. */
 float *lm_work_get(lm_work *w, size_t n);
+/* Frees the scratch and empties *w; safe on NULL. */
 void lm_work_free(lm_work *w);
 
 /* ---- convolution and linear layers ---------------------------------------- */

@@ -97,6 +97,7 @@ int lm_render_sources(const lm_render_models *models, const lm_lora *const *lora
 int lm_render(const char *model_path, const char *const *lora_paths, const float *lambdas, size_t n_loras,
               const lm_render_opts *opts, lm_render_result *out, lm_err *err);
 
+/* Frees the buffers of r and empties it; safe on NULL and on an emptied result. */
 void lm_render_result_free(lm_render_result *r);
 
 #ifdef __cplusplus

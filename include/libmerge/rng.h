@@ -40,7 +40,7 @@ typedef struct lm_rng {
 /* Seeds like torch.manual_seed(seed) / Generator.manual_seed(seed). */
 void lm_rng_seed(lm_rng *r, uint64_t seed);
 
-/* Next 32-bit MT19937 output. */
+/* Next 32-bit MT19937 output (tempered, as the reference genrand_int32). */
 uint32_t lm_rng_u32(lm_rng *r);
 
 /* out [n] ← standard normal samples, as torch.randn(shape, generator=g)

@@ -52,9 +52,14 @@ typedef struct lm_open_opts {
 #define LM_OPEN_OPTS_VERSION 1
 #define LM_OPEN_OPTS_INIT { LM_OPEN_OPTS_VERSION, 0 }
 
-/* Reads the first bytes of path and names its format. Returns 0 and sets *fmt
- * (LM_FMT_UNKNOWN when nothing matched), or LM_EIO. */
+/* Reads the first bytes of path and names its format from its magic bytes:
+ * safetensors (an 8-byte little-endian header length, then '{'), zip
+ * ("PK\3\4"; torch archives are told apart when opened), "GGUF", a pickle
+ * (0x80, protocol ≤ 5; the legacy torch.save magic number 0x1950a86a20f9469cfc6c
+ * pickled first makes it LM_FMT_TORCH_LEGACY). Returns 0 and sets *fmt
+ * (LM_FMT_UNKNOWN when nothing matched), or LM_EIO naming path. */
 int lm_detect_format(const char *path, lm_format *fmt, lm_err *err);
+/* "safetensors", "torch-zip", "torch-legacy", "pickle", "gguf", "zip", "unknown". */
 const char *lm_format_name(lm_format f);
 
 /* Opens path as a tensor source. opts may be NULL. Errors: LM_EIO (cannot
@@ -65,12 +70,17 @@ int lm_source_open(lm_source **out, const char *path, const lm_open_opts *opts, 
 /* Closes and frees; safe on NULL. */
 void lm_source_close(lm_source *s);
 
+/* Accessors (never fail): the path as opened, the detected format, the number
+ * of entries, entry i in file order (NULL when i >= lm_source_count; owned by
+ * the source, valid until lm_source_close). */
 const char *lm_source_path(const lm_source *s);
 lm_format lm_source_format(const lm_source *s);
 size_t lm_source_count(const lm_source *s);
 const lm_entry *lm_source_entry(const lm_source *s, size_t i);
 
-/* Index of the entry named name, or -1. O(1) average (hash table). */
+/* Index of the entry named name (exact, case-sensitive match), or -1.
+ * O(1) average (a hash table seeded per process, so crafted names cannot
+ * make it quadratic). */
 int64_t lm_source_find(const lm_source *s, const char *name);
 
 /* Pointer to entry i's raw bytes when they lie contiguous in a mapping
@@ -80,21 +90,28 @@ int64_t lm_source_find(const lm_source *s, const char *name);
 const void *lm_source_raw(const lm_source *s, size_t i);
 
 /* Copies entry i's bytes (its own dtype, contiguous, little-endian) into
- * dst, which holds at least entry->nbytes. Errors: LM_EIO (file changed or
- * truncated under us), LM_EINPUT. */
+ * dst, which holds at least entry->nbytes. Errors: LM_EUSAGE (i out of
+ * range), LM_EIO (file changed or truncated under us), LM_EINPUT (a
+ * backend finds the stored bytes malformed), naming the file and the tensor. */
 int lm_source_read(const lm_source *s, size_t i, void *dst, lm_err *err);
 
-/* Reads entry i converted to fp32 into dst (entry->numel floats). */
+/* Reads entry i converted to fp32 into dst (entry->numel floats, row-major),
+ * by lm_convert_to_f32 (exact for F16/BF16/F8, RNE for F64, by value for
+ * integers). Errors: those of lm_source_read, LM_EUNSUPPORTED (a dtype with
+ * no fp32 conversion), LM_ENOMEM (a temporary copy when the bytes are not
+ * mapped), naming the file and the tensor. */
 int lm_source_read_f32(const lm_source *s, size_t i, float *dst, lm_err *err);
 
-/* Metadata: safetensors "__metadata__" (string → string); torch sources have none. */
+/* Metadata: safetensors "__metadata__" (string → string, in header order);
+ * torch sources have none. Key/value i is NULL when i >= lm_source_meta_count;
+ * strings are owned by the source. */
 size_t lm_source_meta_count(const lm_source *s);
 const char *lm_source_meta_key(const lm_source *s, size_t i);
 const char *lm_source_meta_value(const lm_source *s, size_t i);
 /* Value for key, or NULL. */
 const char *lm_source_meta_get(const lm_source *s, const char *key);
 
-/* Size of the file in bytes. */
+/* Size of the file in bytes (at open). */
 uint64_t lm_source_file_size(const lm_source *s);
 
 /* Safetensors only: byte offset where the data area starts (8 + header length); 0 otherwise. */

@@ -87,8 +87,10 @@ typedef struct lm_unet lm_unet;
 int lm_unet_load(lm_unet **out, const lm_source *src, const lm_unet_opts *opts,
                  const lm_lora *const *loras, const float *lambdas, size_t n_loras, lm_err *err);
 
+/* Frees the weights and the activation pool; safe on NULL. */
 void lm_unet_free(lm_unet *u);
 
+/* The structure inferred at load, owned by u. */
 const lm_unet_config *lm_unet_config_of(const lm_unet *u);
 
 /* Floating-point operations of one forward pass of one image with a

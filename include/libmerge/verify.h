@@ -116,6 +116,7 @@ typedef struct lm_verify_report {
     double seconds;
 } lm_verify_report;
 
+/* Frees what the report holds and empties it; safe on NULL and on an emptied report. */
 void lm_verify_report_free(lm_verify_report *r);
 
 typedef struct lm_verify_opts {
@@ -200,6 +201,7 @@ void lm_compare_thresholds(lm_dtype dt, double amplification, double latent_scal
  * lm_render_sources and lm_source_open. */
 int lm_verify_compare(const char *baked, const char *base, const lm_lora *const *loras, const float *lambdas,
                       size_t n, const lm_verify_render *r, lm_compare_report *rep, lm_err *err);
+/* Frees the two images of r (the pointers become NULL); safe on NULL. */
 void lm_compare_report_free(lm_compare_report *r);
 
 /* Peak signal-to-noise ratio of two uint8 images of n bytes: 10·log10(255² / MSE) dB,
