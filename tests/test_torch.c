@@ -78,8 +78,11 @@ static void real_legacy_nested(void)
     CHECK_OK(s ? 0 : e.code, &e);
     CHECK_EQ_INT(lm_source_format(s), LM_FMT_TORCH_LEGACY);
     CHECK_EQ_INT(lm_source_count(s), 6);
-    /* the top-level "state_dict" wrapper is dropped (A1111/kohya rule) */
+    /* the top-level "state_dict" wrapper is dropped (A1111/kohya/ComfyUI rule) */
     CHECK_EQ_STR(lm_source_entry(s, 0)->name, "hidden_layer0.weight");
+    CHECK_EQ_STR(lm_source_entry(s, 5)->name, "output_layer.bias");
+    CHECK_EQ_STR(lm_torch_dropped_prefix(s), "state_dict.");
+    CHECK(lm_source_find(s, "state_dict.hidden_layer0.weight") < 0);
     CHECK_EQ_INT(lm_source_entry(s, 0)->shape[1], 37);
     CHECK_EQ_INT(lm_torch_nontensor_count(s), 4);   /* input_size, output_size, hidden_layers[0..1] */
     CHECK_NEAR(sum_named(s, "hidden_layer0.weight"), -39.70572974528477, 1e-4);
@@ -98,12 +101,19 @@ static void real_zip_checkpoint_model_optimizer(void)
     lm_err e;
     lm_source *s = open_ok(FIXTURE("real/zip_checkpoint_model_optimizer.pt"), 0, &e);
     CHECK_OK(s ? 0 : e.code, &e);
+    /* the model's 4 tensors under their own names ("model_state_dict" beside
+     * training state is dropped), the optimizer's momentum under its path */
     CHECK_EQ_INT(lm_source_count(s), 5);
-    CHECK_EQ_STR(lm_source_entry(s, 0)->name, "model_state_dict.fc1.weight");
+    CHECK_EQ_STR(lm_torch_dropped_prefix(s), "model_state_dict.");
+    CHECK_EQ_STR(lm_source_entry(s, 0)->name, "fc1.weight");
+    CHECK_EQ_STR(lm_source_entry(s, 1)->name, "fc1.bias");
+    CHECK_EQ_STR(lm_source_entry(s, 2)->name, "fc2.weight");
+    CHECK_EQ_STR(lm_source_entry(s, 3)->name, "fc2.bias");
     CHECK_EQ_STR(lm_source_entry(s, 4)->name, "optimizer_state_dict.state.0.momentum_buffer");
+    CHECK(lm_source_find(s, "model_state_dict.fc1.weight") < 0);
     CHECK_EQ_INT(lm_torch_nontensor_count(s), 2);   /* epoch, loss */
-    CHECK_NEAR(sum_named(s, "model_state_dict.fc1.weight"), -4.601655751466751, 1e-5);
-    CHECK_NEAR(sum_named(s, "model_state_dict.fc2.bias"), 1.4966664612293243, 1e-6);
+    CHECK_NEAR(sum_named(s, "fc1.weight"), -4.601655751466751, 1e-5);
+    CHECK_NEAR(sum_named(s, "fc2.bias"), 1.4966664612293243, 1e-6);
     CHECK_NEAR(sum_named(s, "optimizer_state_dict.state.0.momentum_buffer"), -2.562764137983322, 1e-5);
     lm_source_close(s);
 }
@@ -155,6 +165,8 @@ static void nested_dicts_lists_parameters(void)
     CHECK_EQ_STR(lm_source_entry(s, 2)->name, "layers.0");
     CHECK_EQ_STR(lm_source_entry(s, 3)->name, "layers.1.b");
     CHECK_EQ_INT(lm_torch_nontensor_count(s), 2);
+    /* "layers" holds tensors beside the "model" wrapper: nothing is dropped */
+    CHECK(lm_torch_dropped_prefix(s) == NULL);
     CHECK_NEAR(sum_named(s, "model.enc.w"), 15, 0);
     CHECK_NEAR(sum_named(s, "model.p"), 6, 0);
     CHECK_NEAR(sum_named(s, "layers.1.b"), 4, 0);
@@ -236,6 +248,89 @@ static void sd_checkpoint_wrapper_dropped(void)
     CHECK_EQ_INT(lm_torch_nontensor_count(s), 3);
     int64_t i = lm_source_find(s, "model_ema.num_updates");
     CHECK(i >= 0 && lm_source_entry(s, (size_t)i)->dtype == LM_DT_I32);
+    lm_source_close(s);
+}
+
+/* ---- wrappers (fixtures/torch/make_fixtures.py, wrappers()) ------------- */
+
+/* names in order; NULL ends the list */
+static int names_are(const lm_source *s, const char *const *want)
+{
+    size_t n = 0;
+    for (; want[n]; n++)
+        if (n >= lm_source_count(s) || strcmp(lm_source_entry(s, n)->name, want[n])) {
+            printf("    entry %zu: %s, want %s\n", n, n < lm_source_count(s) ? lm_source_entry(s, n)->name : "(none)", want[n]);
+            return 0;
+        }
+    return n == lm_source_count(s);
+}
+
+static void model_wrapper_beside_optimizer_dropped(void)
+{
+    lm_err e;
+    lm_source *s = open_ok(FIXTURE("torch/wrap_model.pt"), 0, &e);
+    CHECK_OK(s ? 0 : e.code, &e);
+    static const char *const want[] = { "conv.weight", "conv.bias", "optimizer.state.0.exp_avg", NULL };
+    CHECK(names_are(s, want));
+    CHECK_EQ_STR(lm_torch_dropped_prefix(s), "model.");
+    CHECK_NEAR(sum_named(s, "conv.weight"), 15, 0);
+    CHECK_NEAR(sum_named(s, "optimizer.state.0.exp_avg"), 7.5, 0);
+    CHECK_EQ_INT(lm_torch_nontensor_count(s), 3);   /* lr, epoch, args */
+    lm_source_close(s);
+}
+
+static void ddp_module_prefix_stripped(void)
+{
+    lm_err e;
+    lm_source *s = open_ok(FIXTURE("torch/ddp_module.pt"), 0, &e);
+    CHECK_OK(s ? 0 : e.code, &e);
+    static const char *const want[] = { "conv.weight", "bn.running_mean", "bn.num_batches_tracked", NULL };
+    CHECK(names_are(s, want));
+    CHECK_EQ_STR(lm_torch_dropped_prefix(s), "module.");
+    CHECK_NEAR(sum_named(s, "conv.weight"), 6, 0);
+    int64_t q = 0, i = lm_source_find(s, "bn.num_batches_tracked");
+    CHECK(i >= 0 && lm_source_entry(s, (size_t)i)->dtype == LM_DT_I64 && !lm_source_read(s, (size_t)i, &q, NULL) && q == 7);
+    lm_source_close(s);
+
+    s = open_ok(FIXTURE("torch/ddp_net_wrapped.pt"), 0, &e);   /* {"net": {"module.…"}} */
+    CHECK_OK(s ? 0 : e.code, &e);
+    static const char *const want2[] = { "body.0.weight", "body.0.bias", NULL };
+    CHECK(names_are(s, want2));
+    CHECK_EQ_STR(lm_torch_dropped_prefix(s), "net.module.");
+    CHECK_NEAR(sum_named(s, "body.0.weight"), 6, 0);
+    lm_source_close(s);
+
+    s = open_ok(FIXTURE("torch/ddp_partial.pt"), 0, &e);   /* "module." on one key of two */
+    CHECK_OK(s ? 0 : e.code, &e);
+    static const char *const want3[] = { "module.a", "head.b", NULL };
+    CHECK(names_are(s, want3));
+    CHECK(lm_torch_dropped_prefix(s) == NULL);
+    lm_source_close(s);
+}
+
+/* basicsr / Real-ESRGAN: params_ema is what inference loads; params keeps its prefix */
+static void params_ema_preferred_over_params(void)
+{
+    lm_err e;
+    lm_source *s = open_ok(FIXTURE("torch/params_ema.pth"), 0, &e);
+    CHECK_OK(s ? 0 : e.code, &e);
+    static const char *const want[] = { "conv_first.weight", "conv_first.bias", "params.conv_first.weight", "params.conv_first.bias", NULL };
+    CHECK(names_are(s, want));
+    CHECK_EQ_STR(lm_torch_dropped_prefix(s), "params_ema.");
+    CHECK_NEAR(sum_named(s, "conv_first.weight"), 1.5, 0);   /* the EMA values: 0.25 × (0+1+2+3) */
+    CHECK_NEAR(sum_named(s, "conv_first.bias"), 3, 0);
+    CHECK_NEAR(sum_named(s, "params.conv_first.weight"), -6, 0);
+    lm_source_close(s);
+}
+
+static void two_tensor_holders_nothing_dropped(void)
+{
+    lm_err e;
+    lm_source *s = open_ok(FIXTURE("torch/wrap_ambiguous.pt"), 0, &e);   /* "model" and "model_ema" */
+    CHECK_OK(s ? 0 : e.code, &e);
+    static const char *const want[] = { "model.a", "model_ema.a", NULL };
+    CHECK(names_are(s, want));
+    CHECK(lm_torch_dropped_prefix(s) == NULL);
     lm_source_close(s);
 }
 
@@ -324,6 +419,10 @@ int main(void)
     RUN(big_endian_storage_swapped);
     RUN(sd_checkpoint_wrapper_dropped);
     RUN(sd14_lightning_callbacks_read_as_data);
+    RUN(model_wrapper_beside_optimizer_dropped);
+    RUN(ddp_module_prefix_stripped);
+    RUN(params_ema_preferred_over_params);
+    RUN(two_tensor_holders_nothing_dropped);
     RUN(plain_zip_is_not_a_checkpoint);
     RUN(hostile_pickles_refused_nothing_runs);
     RUN(errors_name_the_file);

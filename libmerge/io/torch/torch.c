@@ -101,7 +101,7 @@ tt_storage *tt_find_storage(const tt_backend *be, const char *key)
     return bsearch(&probe, be->st, be->n_st, sizeof *be->st, cmp_storage);
 }
 
-/* ---- flattening -------------------------------------------------------- */
+/* ---- names ------------------------------------------------------------- */
 
 typedef struct name_buf { char *p; size_t len, cap; } name_buf;
 
@@ -171,7 +171,120 @@ static int add_tensor(lm_source *s, tt_backend *be, const char *name, const pk_v
     return 0;
 }
 
-static int walk(lm_source *s, tt_backend *be, const pk_value *v, name_buf *nb, int depth, size_t *visits, lm_err *err)
+/* ---- which prefix the state dict's names lose ------------------------- *
+ *
+ * The SD tools load a checkpoint's state dict from inside its training
+ * wrapper, so the names they match against are the inner ones:
+ *  - "state_dict": AUTOMATIC1111 (modules/sd_models.py,
+ *    get_state_dict_from_checkpoint), kohya-ss (library/model_util.py,
+ *    load_checkpoint_with_text_encoder_conversion) and ComfyUI
+ *    (comfy/utils.py, load_torch_file) take checkpoint["state_dict"]
+ *    whenever the key is there, whatever sits beside it.
+ *  - the other wrappers of model and training checkpoints ("model_state_dict",
+ *    "model", "module", "params_ema", "params", "net"): dropped only when the
+ *    choice is unambiguous, that is when every tensor of the file lies under
+ *    exactly one of them, or under training state (TT_TRAINING_STATE below,
+ *    the keys model-convert --prune drops), and all other top-level entries
+ *    hold no tensor. basicsr / Real-ESRGAN keep both "params_ema" and
+ *    "params" and load "params_ema" when it exists, so that pair resolves to
+ *    "params_ema" and the "params.*" copy keeps its names.
+ *  - DDP's "module." (torch.nn.parallel.DistributedDataParallel names every
+ *    parameter through its .module): dropped when every tensor-holding key of
+ *    the state dict carries it, as basicsr's load_network and ComfyUI's
+ *    upscale-model loader (state_dict_prefix_replace) strip it.
+ * Training state beside the wrapper keeps its own names ("optimizer_state_dict.
+ * state.0.momentum_buffer"); EMA copies inside the state dict ("model_ema.*")
+ * keep theirs for model-convert --use-ema and --prune. */
+
+static const char *const k_wrappers[] = { "state_dict", "model_state_dict", "model", "module", "params_ema", "params", "net" };
+static const char *const k_training_state[] = { "optimizer", "optimizer_states", "optimizer_state_dict",
+                                                "lr_scheduler", "lr_schedulers", "callbacks" };
+
+static int in_list(const char *key, const char *const *list, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (!strcmp(key, list[k])) return 1;
+    return 0;
+}
+
+#define IN_LIST(key, list) in_list(key, list, sizeof list / sizeof list[0])
+
+/* 1 if a tensor lies under v, 0 if none, -1 when the budget or depth runs
+ * out (a cycle or a shared-object bomb: the walk itself then reports it). */
+static int holds_tensor(const pk_value *v, int depth, size_t *budget)
+{
+    if (!*budget || depth > PK_MAX_DEPTH) return -1;
+    --*budget;
+    if (v->kind == PK_TENSOR) return 1;
+    if (v->kind != PK_DICT && v->kind != PK_LIST && v->kind != PK_TUPLE) return 0;
+    size_t step = v->kind == PK_DICT ? 2 : 1;
+    for (size_t k = step - 1; k < v->n; k += step) {
+        int h = holds_tensor(v->items[k], depth + 1, budget);
+        if (h) return h;
+    }
+    return 0;
+}
+
+typedef struct flat_plan {
+    size_t unwrap;               /* root item index (a key) whose name is dropped, or SIZE_MAX */
+    const pk_value *sd;          /* the state dict: the unwrapped value or the root */
+    int sd_depth;                /* its depth in the walk */
+    int strip_module;            /* drop "module." from its keys */
+} flat_plan;
+
+static int str_key(const pk_value *d, size_t k) { return d->items[k]->kind == PK_STR; }
+
+static void plan_flattening(const pk_value *root, size_t budget, flat_plan *p)
+{
+    *p = (flat_plan){ .unwrap = SIZE_MAX, .sd = root, .sd_depth = 0 };
+    if (root->kind != PK_DICT) return;
+    for (size_t k = 0; k + 1 < root->n; k += 2)   /* the SD tools' rule first */
+        if (str_key(root, k) && !strcmp(root->items[k]->s, "state_dict") && root->items[k + 1]->kind == PK_DICT) {
+            p->unwrap = k;
+            break;
+        }
+    if (p->unwrap == SIZE_MAX) {
+        size_t cand[2], n_cand = 0;
+        int ambiguous = 0;
+        for (size_t k = 0; k + 1 < root->n && !ambiguous; k += 2) {
+            const pk_value *child = root->items[k + 1];
+            if (!holds_tensor(child, 1, &budget)) continue;
+            const char *key = str_key(root, k) ? root->items[k]->s : NULL;
+            if (key && IN_LIST(key, k_wrappers) && child->kind == PK_DICT) {
+                if (n_cand == 2) ambiguous = 1;
+                else cand[n_cand++] = k;
+            } else if (!key || !IN_LIST(key, k_training_state)) ambiguous = 1;
+        }
+        if (!ambiguous && n_cand == 1) p->unwrap = cand[0];
+        if (!ambiguous && n_cand == 2)
+            for (int a = 0; a < 2; a++)
+                if (!strcmp(root->items[cand[a]]->s, "params_ema") && !strcmp(root->items[cand[1 - a]]->s, "params"))
+                    p->unwrap = cand[a];
+    }
+    if (p->unwrap != SIZE_MAX) {
+        p->sd = root->items[p->unwrap + 1];
+        p->sd_depth = 1;
+    }
+    /* DDP: every tensor-holding key of the state dict is "module" or "module.…"
+     * (beside an unwrapped wrapper, the root's training state does not count) */
+    const pk_value *sd = p->sd;
+    if (sd->kind != PK_DICT) return;
+    int any = 0;
+    for (size_t k = 0; k + 1 < sd->n; k += 2) {
+        const char *key = str_key(sd, k) ? sd->items[k]->s : NULL;
+        if (sd == root && p->unwrap == SIZE_MAX && key && IN_LIST(key, k_training_state)) continue;
+        if (!holds_tensor(sd->items[k + 1], p->sd_depth + 1, &budget)) continue;
+        if (!key || strncmp(key, "module", 6)) return;
+        if (key[6] ? key[6] != '.' || !key[7] : sd->items[k + 1]->kind != PK_DICT) return;
+        any = 1;
+    }
+    p->strip_module = any;
+}
+
+/* ---- flattening -------------------------------------------------------- */
+
+static int walk(lm_source *s, tt_backend *be, const pk_value *v, name_buf *nb, int depth, size_t *visits,
+                const flat_plan *plan, lm_err *err)
 {
     /* shared sub-objects are walked once per path: bound the total, or
      * lists of lists sharing their children would take 2^depth steps */
@@ -186,6 +299,8 @@ static int walk(lm_source *s, tt_backend *be, const pk_value *v, name_buf *nb, i
     }
     int is_dict = v->kind == PK_DICT;
     if (!is_dict && v->kind != PK_LIST && v->kind != PK_TUPLE) { be->nontensor++; return 0; }
+    /* the planned levels: the wrapper key at the root, "module." in the state dict */
+    int at_root = depth == 0 && is_dict, at_sd = plan->strip_module && depth == plan->sd_depth && v == plan->sd;
     size_t step = is_dict ? 2 : 1;
     for (size_t k = 0; k + step - 1 < v->n; k += step) {
         char part[32];
@@ -196,13 +311,14 @@ static int walk(lm_source *s, tt_backend *be, const pk_value *v, name_buf *nb, i
         else if (v->items[k]->kind == PK_INT) snprintf(part, sizeof part, "%lld", (long long)v->items[k]->i);
         else { be->nontensor++; continue; }   /* e.g. a Lightning callback keyed by its class */
         size_t saved = nb->len;
-        /* the SD checkpoint wrapper {"state_dict": {...}, "global_step", "epoch"}:
-         * A1111 and kohya-ss load checkpoint["state_dict"] as the state dict, so
-         * its tensors keep their own names */
-        int unwrap = depth == 0 && is_dict && !strcmp(key, "state_dict") && child->kind == PK_DICT;
-        if (!unwrap && name_push(nb, key, &saved))
+        int drop = at_root && k == plan->unwrap;
+        if (at_sd && !strncmp(key, "module", 6)) {
+            if (!key[6]) drop = child->kind == PK_DICT;   /* {"module": {...}} */
+            else if (key[6] == '.') key += 7; /* "module.conv.weight" */
+        }
+        if (!drop && name_push(nb, key, &saved))
             return lm_err_set(err, LM_ENOMEM, s->path, NULL, LM_ERR_NO_OFFSET, "tensor name too long or out of memory");
-        int rc = walk(s, be, child, nb, depth + 1, visits, err);
+        int rc = walk(s, be, child, nb, depth + 1, visits, plan, err);
         nb->len = saved;
         if (nb->p) nb->p[saved] = '\0';
         if (rc) return rc;
@@ -216,7 +332,16 @@ int tt_flatten(lm_source *s, tt_backend *be, const pk_value *root, size_t n_valu
     if (root->kind != PK_DICT && root->kind != PK_LIST && root->kind != PK_TUPLE && root->kind != PK_TENSOR)
         return lm_err_set(err, LM_EINPUT, s->path, NULL, LM_ERR_NO_OFFSET, "the pickled object is not a dict of tensors");
     size_t visits = 4 * n_values + 1024;
-    int rc = walk(s, be, root, &nb, 0, &visits, err);
+    flat_plan plan;
+    plan_flattening(root, 2 * visits, &plan);   /* it may test a subtree twice */
+    be->dropped[0] = '\0';
+    if (plan.unwrap != SIZE_MAX)
+        snprintf(be->dropped, sizeof be->dropped, "%s.", root->items[plan.unwrap]->s);
+    if (plan.strip_module) {
+        size_t n = strlen(be->dropped);
+        snprintf(be->dropped + n, sizeof be->dropped - n, "module.");
+    }
+    int rc = walk(s, be, root, &nb, 0, &visits, &plan, err);
     free(nb.p);
     return rc;
 }
@@ -317,6 +442,13 @@ size_t lm_torch_nontensor_count(const lm_source *s)
 {
     if (!s || s->ops != &k_torch_ops) return 0;
     return ((const tt_backend *)s->backend)->nontensor;
+}
+
+const char *lm_torch_dropped_prefix(const lm_source *s)
+{
+    if (!s || s->ops != &k_torch_ops) return NULL;
+    const char *p = ((const tt_backend *)s->backend)->dropped;
+    return *p ? p : NULL;
 }
 
 /* ---- the zip format ---------------------------------------------------- */

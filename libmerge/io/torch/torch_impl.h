@@ -41,6 +41,7 @@ typedef struct tt_backend {
     int big_endian;               /* storages hold big-endian elements */
     int legacy;
     size_t nontensor;
+    char dropped[32];             /* prefix dropped from the state dict's names, "" if none */
 } tt_backend;
 
 /* Adds a storage from a torch persistent id ('storage', type, key, location,
@@ -52,7 +53,9 @@ int tt_add_storage(lm_source *s, tt_backend *be, const pk_value *persid, lm_err 
 int tt_sort_storages(lm_source *s, tt_backend *be, lm_err *err);
 tt_storage *tt_find_storage(const tt_backend *be, const char *key);
 
-/* Walks the unpickled object and adds one entry per tensor leaf. n_values
+/* Walks the unpickled object and adds one entry per tensor leaf, named by
+ * the keys on its path joined with '.', less the wrapper and DDP prefixes
+ * that the rule in torch.c (plan_flattening) drops. n_values
  * (pk_value_count) bounds the walk: a value reached by many paths (shared
  * sub-objects) counts each time, up to 4 × n_values + 1024 in all. */
 int tt_flatten(lm_source *s, tt_backend *be, const pk_value *root, size_t n_values, lm_err *err);
