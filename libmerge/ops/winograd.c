@@ -63,45 +63,89 @@ typedef struct {
 
 #define CH_BLOCK 8   /* channels per parallel item of the transforms */
 
-/* V[e, c, t] = (Bᵀ d B)[e] for the tiles of channels [8·item, …) in the slab,
- * Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1] */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"   /* 32-byte vectors passed by value in the default clone */
+#endif
+
+typedef float v8f __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
+/* Bᵀ d B for the tiles of one tile row of one channel: r[i] (i = 0..3) are
+ * the 4 zero-padded input rows (P = 2·tw + 2 floats, column q ↔ x column
+ * q − 1), cr 4·P floats of scratch, v[e] where transform element e of tile
+ * tx goes (v[e][tx]). Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]. Along
+ * the row 8 tiles at a time (vector extensions; the same operations as the
+ * scalar tail). */
+CLONES static void input_row(float *const *r, float *cr, int tw, float *const *v)
+{
+    const int P = 2 * tw + 2;
+    float *c0 = cr, *c1 = cr + P, *c2 = cr + 2 * P, *c3 = cr + 3 * P;
+    for (int q = 0; q < P; q++) {   /* Bᵀ d, down the columns */
+        c0[q] = r[0][q] - r[2][q];
+        c1[q] = r[1][q] + r[2][q];
+        c2[q] = r[2][q] - r[1][q];
+        c3[q] = r[1][q] - r[3][q];
+    }
+    for (int i = 0; i < 4; i++) {   /* (Bᵀ d) B, along the rows */
+        const float *s = cr + (size_t)i * P;
+        float *v0 = v[4 * i], *v1 = v[4 * i + 1], *v2 = v[4 * i + 2], *v3 = v[4 * i + 3];
+        int tx = 0;
+        for (; tx + 8 <= tw; tx += 8) {   /* reads s[2tx .. 2tx + 18) ≤ P */
+            v8f a, b, a2, b2;
+            memcpy(&a, s + 2 * tx, sizeof a);
+            memcpy(&b, s + 2 * tx + 8, sizeof b);
+            memcpy(&a2, s + 2 * tx + 2, sizeof a2);
+            memcpy(&b2, s + 2 * tx + 10, sizeof b2);
+            v8f d0 = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+            v8f d1 = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+            v8f d2 = __builtin_shufflevector(a2, b2, 0, 2, 4, 6, 8, 10, 12, 14);
+            v8f d3 = __builtin_shufflevector(a2, b2, 1, 3, 5, 7, 9, 11, 13, 15);
+            v8f o0 = d0 - d2, o1 = d1 + d2, o2 = d2 - d1, o3 = d1 - d3;
+            memcpy(v0 + tx, &o0, sizeof o0);
+            memcpy(v1 + tx, &o1, sizeof o1);
+            memcpy(v2 + tx, &o2, sizeof o2);
+            memcpy(v3 + tx, &o3, sizeof o3);
+        }
+        for (; tx < tw; tx++) {
+            const float *d = s + 2 * tx;
+            v0[tx] = d[0] - d[2];
+            v1[tx] = d[1] + d[2];
+            v2[tx] = d[2] - d[1];
+            v3[tx] = d[1] - d[3];
+        }
+    }
+}
+
+/* V[e, c, t] = (Bᵀ d B)[e] for the tiles of channels [8·item, …) in the slab */
 static void input_tf(void *p, int64_t item, int tid)
 {
     const wino_job *j = p;
     const int P = 2 * j->tw + 2, W = j->W, H = j->H;
-    float *r[4], *cr[4];
-    for (int i = 0; i < 4; i++) {
-        r[i] = j->rows + (size_t)tid * 8 * P + (size_t)i * P;
-        cr[i] = r[i] + (size_t)4 * P;
-    }
+    float *r[4], *cr = j->rows + (size_t)tid * 8 * P + (size_t)4 * P;
+    for (int i = 0; i < 4; i++) r[i] = j->rows + (size_t)tid * 8 * P + (size_t)i * P;
     const size_t plane = (size_t)j->C * j->Ts;
     int c1 = (int)(item + 1) * CH_BLOCK < j->C ? (int)(item + 1) * CH_BLOCK : j->C;
     for (int c = (int)item * CH_BLOCK; c < c1; c++) {
         const float *xc = j->x + (size_t)c * H * W;
         for (int ty = j->ty0; ty < j->ty0 + j->nty; ty++) {
-            for (int i = 0; i < 4; i++) {   /* input rows 2ty−1 … 2ty+2, column q ↔ x column q−1 */
+            for (int i = 0; i < 4; i++) {   /* input rows 2ty−1 … 2ty+2 with zero padding */
                 int yy = 2 * ty - 1 + i;
-                memset(r[i], 0, (size_t)P * sizeof(float));
-                if (yy >= 0 && yy < H) memcpy(r[i] + 1, xc + (size_t)yy * W, (size_t)W * sizeof(float));
-            }
-            for (int q = 0; q < P; q++) {   /* Bᵀ d, down the columns */
-                cr[0][q] = r[0][q] - r[2][q];
-                cr[1][q] = r[1][q] + r[2][q];
-                cr[2][q] = r[2][q] - r[1][q];
-                cr[3][q] = r[1][q] - r[3][q];
-            }
-            float *v = j->V + (size_t)c * j->Ts + (size_t)(ty - j->ty0) * j->tw;
-            for (int i = 0; i < 4; i++) {   /* (Bᵀ d) B, along the rows */
-                const float *s = cr[i];
-                float *v0 = v + (size_t)(4 * i) * plane, *v1 = v0 + plane, *v2 = v1 + plane, *v3 = v2 + plane;
-                for (int tx = 0; tx < j->tw; tx++) {
-                    const float *d = s + 2 * tx;
-                    v0[tx] = d[0] - d[2];
-                    v1[tx] = d[1] + d[2];
-                    v2[tx] = d[2] - d[1];
-                    v3[tx] = d[1] - d[3];
+                if (yy >= 0 && yy < H) {
+                    r[i][0] = 0.0f;
+                    memcpy(r[i] + 1, xc + (size_t)yy * W, (size_t)W * sizeof(float));
+                    for (int q = W + 1; q < P; q++) r[i][q] = 0.0f;
+                } else {
+                    memset(r[i], 0, (size_t)P * sizeof(float));
                 }
             }
+            float *v[16];
+            for (int e = 0; e < 16; e++) v[e] = j->V + (size_t)e * plane + (size_t)c * j->Ts + (size_t)(ty - j->ty0) * j->tw;
+            input_row(r, cr, j->tw, v);
         }
     }
 }
@@ -114,18 +158,6 @@ static void product(void *p, int64_t e, int tid)
                 j->U + (size_t)e * j->OC * j->C, j->C, j->V + (size_t)e * j->C * j->Ts, (int)j->Ts, 0.0f,
                 j->M + (size_t)e * j->OC * j->Ts, (int)j->Ts);
 }
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"   /* 32-byte vectors passed by value in the default clone */
-#endif
-
-typedef float v8f __attribute__((vector_size(32)));
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
-#endif
 
 /* One tile row of one output channel: m[e] (e = 0..15) are the 16 planes of
  * M at this row's first tile, y0/y1 output rows 2ty and 2ty+1 (y1 NULL past
