@@ -359,6 +359,32 @@ static void plain_zip_is_not_a_checkpoint(void)
     CHECK(strstr(e.msg, "a zip archive, not a PyTorch checkpoint"));
 }
 
+/* A safetensors header of 384 bytes starts 0x80 0x01, as a pickle's PROTO 1
+ * does: it is still read as safetensors (format detection in io/source.c). */
+static void safetensors_header_len_0x180_not_a_pickle(void)
+{
+    char path[] = "/tmp/libmerge_test_torch_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd < 0) return;
+    char head[384];
+    int n = snprintf(head, sizeof head, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}");
+    memset(head + n, ' ', sizeof head - (size_t)n);
+    unsigned char len[8] = { 0x80, 0x01 };
+    float one = 1.5f;
+    CHECK(write(fd, len, 8) == 8 && write(fd, head, sizeof head) == (ssize_t)sizeof head && write(fd, &one, 4) == 4);
+    close(fd);
+    lm_err e;
+    lm_source *s = open_ok(path, 0, &e);
+    CHECK_OK(s ? 0 : e.code, &e);
+    if (s) {
+        CHECK_EQ_INT(lm_source_format(s), LM_FMT_SAFETENSORS);
+        CHECK_NEAR(sum_named(s, "w"), 1.5, 0);
+        lm_source_close(s);
+    }
+    unlink(path);
+}
+
 /* ---- hostile files ----------------------------------------------------- */
 
 static int refused(const char *path, int skip, int code, const char *key, const char *msg)
@@ -424,6 +450,7 @@ int main(void)
     RUN(params_ema_preferred_over_params);
     RUN(two_tensor_holders_nothing_dropped);
     RUN(plain_zip_is_not_a_checkpoint);
+    RUN(safetensors_header_len_0x180_not_a_pickle);
     RUN(hostile_pickles_refused_nothing_runs);
     RUN(errors_name_the_file);
     TEST_EXIT();

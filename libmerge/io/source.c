@@ -45,19 +45,18 @@ int lm_detect_format(const char *path, lm_format *fmt, lm_err *err)
     *fmt = LM_FMT_UNKNOWN;
     if (got >= 4 && memcmp(b, "PK\x03\x04", 4) == 0) { *fmt = LM_FMT_ZIP; return 0; } /* refined by the torch backend */
     if (got >= 4 && memcmp(b, "GGUF", 4) == 0) { *fmt = LM_FMT_GGUF; return 0; }
-    if (got >= 2 && b[0] == 0x80 && b[1] <= 5) {
-        /* legacy torch.save starts with the pickled magic number 0x1950a86a20f9469cfc6c */
-        static const unsigned char magic[] = { 0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19 };
-        *fmt = (got >= (ssize_t)sizeof magic && memcmp(b, magic, sizeof magic) == 0) ? LM_FMT_TORCH_LEGACY : LM_FMT_PICKLE;
-        return 0;
-    }
+    /* legacy torch.save starts with the pickled magic number 0x1950a86a20f9469cfc6c */
+    static const unsigned char magic[] = { 0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19 };
+    if (got >= (ssize_t)sizeof magic && memcmp(b, magic, sizeof magic) == 0) { *fmt = LM_FMT_TORCH_LEGACY; return 0; }
     if (got >= 9) {
         /* safetensors: u64 LE header length, then '{' (the reference allows leading spaces? no:
-         * it parses the JSON as is, so we require '{' after optional whitespace) */
+         * it parses the JSON as is, so we require '{' after optional whitespace). Tested
+         * before the bare pickle: a header length of 384 starts 0x80 0x01 like PROTO 1. */
         int i = 8;
         while (i < got && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t')) i++;
         if (i < got && b[i] == '{') { *fmt = LM_FMT_SAFETENSORS; return 0; }
     }
+    if (got >= 2 && b[0] == 0x80 && b[1] <= 5) *fmt = LM_FMT_PICKLE;
     return 0;
 }
 
