@@ -6,7 +6,9 @@
 set -u
 cd "$(dirname "$0")/.."
 pass=0; fail=0
-log=$(mktemp); trap 'rm -f "$log"' EXIT
+log=$(mktemp); hcache=$(mktemp -d); trap 'rm -f "$log"; rm -rf "$hcache"' EXIT
+# libmerge's SHA-256 cache (libmerge/hash.h) goes to a temp dir, never the real home
+export XDG_CACHE_HOME="$hcache"
 run_one() {
   local name=$1; shift
   "$@" >"$log" 2>&1; local rc=$?

@@ -607,6 +607,9 @@ static void test_writer_pwrite_skip_equals_sequential(void)
 
 int main(void)
 {
+    /* outside tests/run.sh (which points XDG_CACHE_HOME at a temp dir), no SHA-256 cache:
+     * a test never writes into the real home */
+    if (!getenv("XDG_CACHE_HOME")) setenv("LIBMERGE_HASH_CACHE", "0", 1);
     snprintf(dir, sizeof dir, "/tmp/lm_test_bake_XXXXXX");
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
     lm_atomic_install_signal_handlers();

@@ -437,6 +437,9 @@ static void cleanup(void)
 
 int main(void)
 {
+    /* outside tests/run.sh (which points XDG_CACHE_HOME at a temp dir), no SHA-256 cache:
+     * a test never writes into the real home */
+    if (!getenv("XDG_CACHE_HOME")) setenv("LIBMERGE_HASH_CACHE", "0", 1);
     snprintf(dir, sizeof dir, "/tmp/lm_test_merge_XXXXXX");
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
     RUN(test_exact_merge_negative_lambda_two_ranks);

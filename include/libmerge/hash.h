@@ -66,6 +66,44 @@ uint64_t lm_xxh3_64(const void *data, size_t n);
  * tensor into a temporary buffer. Errors: those of lm_source_read, LM_ENOMEM. */
 int lm_hash_tensor_xxh3(const lm_source *s, size_t i, uint64_t *out, lm_err *err);
 
+/* ---- SHA-256 cache (libmerge/io/hash_cache.c) -------------------------------------
+ * As AUTOMATIC1111 keeps its cache.json of model hashes, the SHA-256 of whole input
+ * files is remembered in "$XDG_CACHE_HOME/libmerge/sha256.json" (XDG_CACHE_HOME unset or
+ * not absolute: "$HOME/.cache"), keyed by the file's real path, st_dev, st_ino, size,
+ * st_mtim and st_ctim in nanoseconds: any change to any of them is a miss. Only regular
+ * files are cached; an entry is stored only when the file did not change while it was
+ * hashed and its mtime/ctime are at least 2 s older than the hash's start (a write in
+ * the same timestamp tick could otherwise go unseen, as with git's "racy" index entries).
+ * The file is JSON ({"version":1,"entries":[…]}, oldest first, at most
+ * LM_HASH_CACHE_MAX entries, the oldest dropped), rewritten whole through a temp file
+ * and rename(2): concurrent writers can lose each other's updates, never tear the file.
+ * Any read or parse error is a miss (and the next store replaces the file); failures to
+ * write are ignored. LIBMERGE_HASH_CACHE=0 in the environment disables it. */
+#define LM_HASH_CACHE_MAX 10000
+
+typedef struct lm_hash_cache_key {
+    int valid;                /* 0: not cacheable (disabled, not a regular file, no real path) */
+    char path[4096];          /* realpath(3) of the file */
+    uint64_t dev, ino, size;
+    int64_t mtime_ns, ctime_ns;
+    int64_t taken_ns;         /* CLOCK_REALTIME when the key was taken */
+} lm_hash_cache_key;
+
+/* Takes the key of the file at path now (stat) and looks it up: returns 1 and the
+ * cached hex (64 lowercase digits + NUL) on a hit, 0 on a miss or when uncacheable.
+ * Take the key BEFORE opening the file to hash, so that lm_hash_cache_put can tell
+ * whether the bytes hashed are the ones the key describes. Never fails. */
+int lm_hash_cache_get(const char *path, lm_hash_cache_key *key, char hex[65]);
+
+/* Stores hex for key unless the file's stat differs from key now, or is too recent
+ * (see above), or key is not valid. Errors are ignored (a cache only). */
+void lm_hash_cache_put(const lm_hash_cache_key *key, const char hex[65]);
+
+/* The file's SHA-256 (lm_hash_file's LM_HASH_SHA256), from the cache when its key
+ * matches, else computed and stored. bytes (may be NULL): the file size.
+ * Errors: those of lm_hash_file. */
+int lm_hash_file_cached(const char *path, char hex[65], uint64_t *bytes, lm_err *err);
+
 #ifdef __cplusplus
 }
 #endif

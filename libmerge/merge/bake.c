@@ -176,10 +176,10 @@ static int fill_recipe(lm_recipe *r, const char *base, const hash_job *hb, const
     return 0;
 }
 
-static int build_kv(lmm_meta *meta, lm_kv **kv, const lm_source *src, const lm_recipe *recipe, char **paths,
+static int build_kv(lmm_meta *meta, lm_kv **kv, const lm_source *src, const lm_recipe *recipe, const char **legacy,
                     const lm_model_info *info, const char *title, const char *out_hash)
 {
-    if (lmm_build_meta(meta, src, recipe, (const char *const *)paths, info ? info->arch : LM_ARCH_UNKNOWN, 0, title))
+    if (lmm_build_meta(meta, src, recipe, legacy, info ? info->arch : LM_ARCH_UNKNOWN, 0, title))
         return LM_ENOMEM;
     if (out_hash && lmm_meta_set(meta, "modelspec.hash_sha256", out_hash)) return LM_ENOMEM;
     return (*kv = lmm_meta_kv(meta)) ? 0 : LM_ENOMEM;
@@ -200,6 +200,10 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     /* the output must be none of the inputs: refused before anything is read */
     const char **inputs = calloc(n + 1, sizeof *inputs);
     char **paths = calloc(n + 1, sizeof *paths);
+    /* A1111 legacy hashes, taken while each input is open: the metadata is built twice
+     * (placeholders, then final) and must not change length if an input goes away */
+    char (*lh)[9] = calloc(n + 1, sizeof *lh);
+    const char **legacy = calloc(n + 1, sizeof *legacy);
     bake b;
     memset(&b, 0, sizeof b);
     lm_source *src = NULL;
@@ -214,12 +218,17 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     hash_job hb, hb_final;
     memset(&hb, 0, sizeof hb);
     memset(&hb_final, 0, sizeof hb_final);
-    if (!inputs || !paths) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
+    if (!inputs || !paths || !lh || !legacy) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
     inputs[0] = base;
     for (size_t i = 0; i < n; i++) inputs[i + 1] = loras[i].path;
     if ((rc = lmm_check_output(out, inputs, n + 1, err))) goto done;
 
+    /* the SHA-256 cache key is taken before the base is opened, so a hit or a store
+     * describes the file the source maps (libmerge/hash.h) */
+    hb.cached = lm_hash_cache_get(base, &hb.key, hb.hex);
     if ((rc = lm_source_open(&src, base, NULL, err))) goto done;
+    lmm_legacy_hash_source(src, base, lh[0]);
+    legacy[0] = lh[0];
     if ((rc = lm_keymap_build(&km, src, err))) { lm_err_file(err, base); goto done; }
     const lm_model_info *info = lm_keymap_info(km);
     rep->arch = lm_arch_name(info ? info->arch : LM_ARCH_UNKNOWN);
@@ -241,6 +250,8 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         if ((rc = lm_lora_open(&b.loras[i], loras[i].path, NULL, err))) { lm_err_file(err, loras[i].path); goto done; }
         if ((rc = lmm_lora_check_finite(b.loras[i], loras[i].path, err))) goto done;
         if ((rc = lmm_sha256_file(loras[i].path, rep->loras[i].sha256, NULL, err))) goto done;
+        lmm_legacy_hash(loras[i].path, lh[i + 1]);
+        legacy[i + 1] = lh[i + 1];
     }
     if ((rc = lmb_plan(&b, km, &o, rep, err))) goto done;
     rep->seconds_plan = lmb_now() - t0;
@@ -315,7 +326,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     memcpy(hb_final.hex, zeros, 65);
     hb_final.bytes = lm_source_file_size(src);
     if (fill_recipe(&recipe, base, &hb_final, loras, n, rep, &o, paths) ||
-        build_kv(&meta, &kv, src, &recipe, paths, info, title, o.hash_output ? zeros0x : NULL)) {
+        build_kv(&meta, &kv, src, &recipe, legacy, info, title, o.hash_output ? zeros0x : NULL)) {
         free(wt);
         rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
         goto stop;
@@ -369,7 +380,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         lmm_meta_free(&meta);
         memcpy(recipe.inputs[0].sha256, hb.hex, 65);
         recipe.inputs[0].bytes = hb.bytes;
-        if (build_kv(&meta, &kv, src, &recipe, paths, info, title, b.md ? out_hex : NULL)) {
+        if (build_kv(&meta, &kv, src, &recipe, legacy, info, title, b.md ? out_hex : NULL)) {
             rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
             goto stop;
         }
@@ -413,6 +424,8 @@ done:
     lm_source_close(src);
     free(inputs);
     free(paths);
+    free(lh);
+    free(legacy);
     rep->seconds_total = lmb_now() - t0;
     if (rc && !(rc == LM_EINPUT && rep->n_overflows)) { lm_bake_report_free(rep); }
     else if (!report) lm_bake_report_free(rep);

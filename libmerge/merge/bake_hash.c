@@ -66,7 +66,14 @@ void *lmb_base_hash_thread(void *arg)
 {
     hash_job *h = arg;
     double t0 = lmb_now();
-    if (hash_mapped(h)) h->rc = lmm_sha256_file(h->path, h->hex, &h->bytes, &h->err);
+    if (h->cached && h->key.size == lm_source_file_size(h->src)) {
+        h->bytes = h->key.size;
+        h->rc = 0;
+    } else if (hash_mapped(h)) {
+        h->rc = lmm_sha256_file(h->path, h->hex, &h->bytes, &h->err);
+    } else {
+        lm_hash_cache_put(&h->key, h->hex);   /* stored only if the file is as keyed */
+    }
     h->seconds = lmb_now() - t0;
     return NULL;
 }

@@ -4,6 +4,7 @@
 #define LIBMERGE_MERGE_BAKE_IMPL_H
 
 #include "merge_impl.h"
+#include "libmerge/hash.h"
 
 #include <pthread.h>
 #include <time.h>
@@ -57,6 +58,8 @@ typedef struct bake {
 typedef struct hash_job {
     const char *path;
     const lm_source *src;   /* the open base: hashed from its mapping when it can be */
+    lm_hash_cache_key key;  /* taken before the base was opened (libmerge/hash.h) */
+    int cached;             /* hex came from the SHA-256 cache */
     char hex[65];
     uint64_t bytes;
     int rc;

@@ -339,7 +339,16 @@ static void summarise(lm_lmerge_report *rep)
 int lmm_lora_meta(lmm_meta *meta, const lm_source *first, const lm_recipe *recipe, const char *const *paths,
                   lm_arch arch, const char *title, int uniform_rank)
 {
-    int rc = lmm_build_meta(meta, first, recipe, paths, arch, 1, title);
+    char (*lh)[9] = calloc(recipe->n_inputs ? recipe->n_inputs : 1, sizeof *lh);
+    const char **legacy = calloc(recipe->n_inputs ? recipe->n_inputs : 1, sizeof *legacy);
+    if (!lh || !legacy) { free(lh); free(legacy); return LM_ENOMEM; }
+    for (size_t i = 0; i < recipe->n_inputs; i++) {
+        lmm_legacy_hash(paths[i], lh[i]);
+        legacy[i] = lh[i];
+    }
+    int rc = lmm_build_meta(meta, first, recipe, legacy, arch, 1, title);
+    free(lh);
+    free(legacy);
     char buf[32];
     if (uniform_rank > 0) snprintf(buf, sizeof buf, "%d", uniform_rank);
     else snprintf(buf, sizeof buf, "dynamic");

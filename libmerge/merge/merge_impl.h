@@ -9,14 +9,20 @@
 #include "libmerge/keymap.h"
 #include "libmerge/lora.h"
 
-/* SHA-256 of a whole file, lower-case hex, through lm_hash_file (libmerge/hash.h; a FIFO,
- * device or directory is refused without blocking); *bytes: the file size.
+/* SHA-256 of a whole file, lower-case hex, through lm_hash_file_cached (libmerge/hash.h:
+ * the per-user SHA-256 cache, then lm_hash_file; a FIFO, device or directory is refused
+ * without blocking); *bytes: the file size.
  * Errors: LM_EIO, LM_ENOMEM. */
 int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err);
 
 /* AUTOMATIC1111's legacy short model hash (lm_hash_file's AutoV1: the 64 KiB at byte
  * 0x100000, the empty string's hash for a file under 1 MiB). "" on error. */
 void lmm_legacy_hash(const char *path, char out[9]);
+
+/* The same from an open source's mapping (safetensors with its tensors end to end from
+ * the data start, as the format requires), so that it needs the file's path no more;
+ * falls back to lmm_legacy_hash(path) otherwise. */
+void lmm_legacy_hash_source(const lm_source *s, const char *path, char out[9]);
 
 /* Number of NaN and ±Inf among n values of float dtype dt at p (any alignment); 0 for
  * other dtypes. */

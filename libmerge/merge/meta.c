@@ -18,7 +18,7 @@ static int set(lmm_meta *m, const char *k, const char *v, int *rc)
 }
 
 /* sd_merge_models: one entry per input, plus whatever the base already listed. */
-static char *merge_models_json(const lm_source *base, const lm_recipe *r, const char *const *paths)
+static char *merge_models_json(const lm_source *base, const lm_recipe *r, const char *const *legacy)
 {
     cJSON *o = NULL;
     const char *prev = base ? lm_source_meta_get(base, "sd_merge_models") : NULL;
@@ -28,10 +28,8 @@ static char *merge_models_json(const lm_source *base, const lm_recipe *r, const 
     for (size_t i = 0; i < r->n_inputs; i++) {
         cJSON *e = cJSON_CreateObject();
         if (!e) break;
-        char legacy[9];
-        lmm_legacy_hash(paths[i], legacy);
         cJSON_AddStringToObject(e, "name", r->inputs[i].name);
-        cJSON_AddStringToObject(e, "legacy_hash", legacy);
+        cJSON_AddStringToObject(e, "legacy_hash", legacy && legacy[i] ? legacy[i] : "");
         const char *rec = (i == 0 && base) ? lm_source_meta_get(base, "sd_merge_recipe") : NULL;
         cJSON *rj = rec ? cJSON_Parse(rec) : NULL;
         cJSON_AddItemToObject(e, "sd_merge_recipe", rj ? rj : cJSON_CreateNull());
@@ -98,7 +96,7 @@ static char *description(const lm_recipe *r)
     return d;
 }
 
-int lmm_build_meta(lmm_meta *m, const lm_source *keep, const lm_recipe *r, const char *const *paths,
+int lmm_build_meta(lmm_meta *m, const lm_source *keep, const lm_recipe *r, const char *const *legacy,
                    lm_arch arch, int is_lora, const char *title)
 {
     int rc = 0;
@@ -131,7 +129,7 @@ int lmm_build_meta(lmm_meta *m, const lm_source *keep, const lm_recipe *r, const
     char *d = description(r);
     set(m, "modelspec.description", d, &rc);
     free(d);
-    char *a = a1111_recipe_json(r), *mm = merge_models_json(keep, r, paths), *rec = lm_recipe_json(r);
+    char *a = a1111_recipe_json(r), *mm = merge_models_json(keep, r, legacy), *rec = lm_recipe_json(r);
     if (!a || !mm || !rec) rc = LM_ENOMEM;
     set(m, "sd_merge_recipe", a, &rc);
     set(m, "sd_merge_models", mm, &rc);

@@ -14,17 +14,9 @@
 
 int lmm_sha256_file(const char *path, char hex[65], uint64_t *bytes, lm_err *err)
 {
-    /* the shared hasher (libmerge/hash.h): opens without blocking and refuses FIFOs,
-     * devices and directories, so a hash thread never hangs in open() */
-    lm_file_hashes h;
-    int rc = lm_hash_file(path, LM_HASH_SHA256, &h, err);
-    if (rc) return rc;
-    memcpy(hex, h.sha256, 65);
-    if (bytes) {
-        struct stat st;
-        *bytes = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
-    }
-    return 0;
+    /* the shared hasher (libmerge/hash.h) behind its SHA-256 cache: opens without blocking
+     * and refuses FIFOs, devices and directories, so a hash thread never hangs in open() */
+    return lm_hash_file_cached(path, hex, bytes, err);
 }
 
 void lmm_legacy_hash(const char *path, char out[9])
@@ -32,6 +24,30 @@ void lmm_legacy_hash(const char *path, char out[9])
     lm_file_hashes h;
     out[0] = 0;
     if (lm_hash_file(path, LM_HASH_AUTOV1, &h, NULL) == 0) memcpy(out, h.autov1, 9);
+}
+
+void lmm_legacy_hash_source(const lm_source *s, const char *path, char out[9])
+{
+    /* A1111's model_hash: SHA-256 of the bytes [1 MiB, 1 MiB + 64 KiB) (fewer at the end
+     * of the file; none for a file under 1 MiB): gathered from the tensors' mappings */
+    enum { AT = 0x100000, LEN = 0x10000 };
+    uint64_t size = lm_source_file_size(s), hi = size < AT + LEN ? size : AT + LEN, covered = 0;
+    unsigned char buf[LEN];
+    int ok = lm_source_format(s) == LM_FMT_SAFETENSORS && (size <= AT || lm_source_data_start(s) <= AT);
+    for (size_t t = 0; ok && size > AT && t < lm_source_count(s); t++) {
+        const lm_entry *e = lm_source_entry(s, t);
+        uint64_t a = e->offset > AT ? e->offset : AT, z = e->offset + e->nbytes < hi ? e->offset + e->nbytes : hi;
+        if (a >= z) continue;
+        const unsigned char *raw = lm_source_raw(s, t);
+        if (!raw) { ok = 0; break; }
+        memcpy(buf + (a - AT), raw + (a - e->offset), (size_t)(z - a));
+        covered += z - a;
+    }
+    if (!ok || (size > AT && covered != hi - AT)) { lmm_legacy_hash(path, out); return; }
+    char hex[65];
+    lm_sha256_hex(buf, size > AT ? (size_t)(hi - AT) : 0, hex);
+    memcpy(out, hex, 8);
+    out[8] = 0;
 }
 
 int lmm_check_output(const char *out, const char *const *inputs, size_t n, lm_err *err)

@@ -5,7 +5,9 @@
 # (a tiny SD1.5 UNet, LDM layout) and the LoRAs of fixtures/bake/. One PASS/FAIL per check.
 set -u
 BIN=${BIN:-bin}
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+T=$(mktemp -d); trap 'rm -rf "$T" "$T.xdg"' EXIT
+# the SHA-256 cache (lcm-bake(1) ENVIRONMENT) never in the real home, even when run alone
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-$T.xdg}
 BASE=fixtures/golden/sd15/unet_ldm.safetensors
 LA=fixtures/bake/lora_a_kohya.safetensors
 LB=fixtures/bake/lora_b_diffusers.safetensors
@@ -106,3 +108,34 @@ done
 if [ -z "$missing" ] && echo "$man" | grep -q "Hashing is on by default" && echo "$man" | grep -q "capped at 64"; then
   pass lcm_bake_man_matches_options
 else fail lcm_bake_man_matches_options "undocumented:$missing"; fi
+
+# the base deleted mid-bake: the bake either completes (the A1111 legacy hash in
+# sd_merge_models comes from the already-open mapping, the same as in a normal bake) or
+# fails with exit 4; never exit 2 "new metadata changes the header length". The deletion
+# lands when the output's temporary file appears (the header is written then): timing,
+# so up to 8 tries until one lands mid-bake; every try is checked.
+legacy_of() { head -c 200000 "$1" | tr -d '\0' | grep -o '\\"legacy_hash\\":\\"[0-9a-f]*\\"' | head -1; }
+mkdir -p "$T/del"
+"$BIN/lcm-bake" "$BASE" -l "$LA:0.8" -o "$T/del/ref.safetensors" >/dev/null 2>&1
+want=$(legacy_of "$T/del/ref.safetensors")
+bad= mid=0 tries=0
+while [ $tries -lt 8 ] && [ $mid -eq 0 ] && [ -n "$want" ]; do
+  tries=$((tries + 1))
+  cp "$BASE" "$T/del/base.safetensors"
+  rm -f "$T/del/out.safetensors"
+  "$BIN/lcm-bake" "$T/del/base.safetensors" -l "$LA:0.8" -o "$T/del/out.safetensors" >/dev/null 2>"$T/del/err" &
+  pid=$!
+  while kill -0 $pid 2>/dev/null && ! ls -A "$T/del" | grep -q '^\.out\.safetensors\.'; do :; done
+  ls -A "$T/del" | grep -q '^\.out\.safetensors\.' && mid=1
+  rm -f "$T/del/base.safetensors"
+  wait $pid; st=$?
+  if grep -q "header length" "$T/del/err"; then bad="$bad try $tries: $(head -c 200 "$T/del/err")"
+  elif [ $st -eq 0 ]; then
+    [ "$(legacy_of "$T/del/out.safetensors")" = "$want" ] || bad="$bad try $tries: legacy hash $(legacy_of "$T/del/out.safetensors") != $want"
+  elif [ $st -ne 4 ]; then bad="$bad try $tries: exit $st $(head -c 200 "$T/del/err")"
+  elif ls -A "$T/del" | grep -q '^\.out\.safetensors\.\|^out\.safetensors$'; then bad="$bad try $tries: exit 4 left a file"; fi
+done
+if [ -z "$want" ]; then fail lcm_bake_base_deleted_mid_bake "no legacy_hash in a normal bake's header"
+elif [ -n "$bad" ]; then fail lcm_bake_base_deleted_mid_bake "$bad"
+else pass lcm_bake_base_deleted_mid_bake; echo "    (deletion landed mid-bake: $mid, tries $tries)" >&2; fi
+rm -rf "$T/del"

@@ -3,7 +3,9 @@
 # --format peft, --extract, and the refusals with their exit statuses. One PASS/FAIL per check.
 set -u
 BIN=${BIN:-bin}
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+T=$(mktemp -d); trap 'rm -rf "$T" "$T.xdg"' EXIT
+# the SHA-256 cache (lcm-bake(1) ENVIRONMENT) never in the real home, even when run alone
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-$T.xdg}
 BASE=fixtures/golden/sd15/unet_ldm.safetensors
 LA=fixtures/bake/lora_a_kohya.safetensors
 LB=fixtures/bake/lora_b_diffusers.safetensors
