@@ -107,8 +107,34 @@ static double check_wino(int C, int H, int W, int OC, int use_bias)
     free(x); free(w); free(b); free(U); free(y); free(r);
     return e;
 }
+/* Upsample 2× + Winograd in one op against the two ops in sequence (bit for
+ * bit) and against the double-precision direct convolution of the
+ * upsampled image; returns the max-abs difference to the latter, or 1e9 */
+static double check_wino_up2(int C, int h, int w, int OC)
+{
+    int pad[4] = { 1, 1, 1, 1 }, H = 2 * h, W = 2 * w;
+    float *x = rand_buf((size_t)C * h * w), *w9 = rand_buf((size_t)OC * C * 9), *b = rand_buf(OC);
+    float *U = malloc((size_t)16 * OC * C * sizeof *U), *xu = malloc((size_t)C * H * W * sizeof *xu);
+    float *y = malloc((size_t)OC * H * W * sizeof *y), *y2 = malloc((size_t)OC * H * W * sizeof *y2);
+    double *r = malloc((size_t)OC * H * W * sizeof *r), e = 1e9;
+    lm_work wk = LM_WORK_INIT;
+    lm_conv3x3_winograd_weights(w9, OC, C, U);
+    lm_upsample_nearest2x(x, C, h, w, xu);
+    if (lm_conv3x3_winograd_up2(x, C, h, w, U, b, OC, y, &wk) == 0 &&
+        lm_conv3x3_winograd(xu, C, H, W, U, b, OC, y2, &wk) == 0 &&
+        memcmp(y, y2, (size_t)OC * H * W * sizeof *y) == 0) {
+        conv_ref(xu, C, H, W, w9, b, OC, 3, 1, pad, H, W, r);
+        e = max_abs_diff(y, r, (size_t)OC * H * W);
+    }
+    lm_work_free(&wk);
+    free(x); free(w9); free(b); free(U); free(xu); free(y); free(y2); free(r);
+    return e;
+}
 static void test_conv3x3_winograd(void)
 {
+    CHECK_NEAR(check_wino_up2(3, 1, 1, 2), 0, 1e-5);
+    CHECK_NEAR(check_wino_up2(5, 7, 13, 6), 0, 1e-5);      /* W = 26: vector blocks and a tail */
+    CHECK_NEAR(check_wino_up2(3000, 3, 60, 3), 0, 1e-3);   /* two slabs of tile rows (2 + 1) */
     CHECK_NEAR(check_wino(5, 7, 9, 6, 1), 0, 1e-5);
     CHECK_NEAR(check_wino(3, 1, 1, 2, 0), 0, 1e-5);
     CHECK_NEAR(check_wino(37, 20, 30, 40, 1), 0, 1e-4);

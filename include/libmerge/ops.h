@@ -109,6 +109,17 @@ void lm_conv3x3_winograd_weights(const float *w, int OC, int C, float *U);
 int lm_conv3x3_winograd(const float *x, int C, int H, int W, const float *U, const float *b, int OC,
                         float *y, lm_work *work);
 
+/* Nearest-neighbour 2× upsampling followed by that convolution (diffusers
+ * Upsample2D: interpolate(scale_factor 2, "nearest"), then conv 3×3 pad 1):
+ * x [C, h, w] → y [OC, 2h, 2w], U and b as above, without the upsampled
+ * image. Each 4×4 input tile of an upsampled image repeats its middle rows
+ * and columns, so 7 of the 16 transformed elements are exactly 0 and only 9
+ * of the 16 products are computed; the result equals lm_upsample_nearest2x
+ * then lm_conv3x3_winograd bit for bit (finite weights; test_ops). Returns
+ * 0, LM_EUSAGE (empty sizes) or LM_ENOMEM. */
+int lm_conv3x3_winograd_up2(const float *x, int C, int h, int w, const float *U, const float *b, int OC,
+                            float *y, lm_work *work);
+
 /* Linear layer on tokens: y [T, out] = x [T, in] · wᵀ + b, w [out, in]
  * (torch.nn.Linear's layout), b [out] or NULL. With accumulate = 1 the
  * result is added to what y holds (y += x·wᵀ + b: residual connections). */

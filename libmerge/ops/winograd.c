@@ -6,6 +6,7 @@
  * parallel (one single-threaded sgemm per transform element); the input and
  * output transforms run in parallel over channels. Tiles are processed a
  * slab of tile rows at a time, so scratch memory stays bounded. */
+#include <stdint.h>
 #include <string.h>
 #include <cblas.h>
 
@@ -59,6 +60,7 @@ typedef struct {
     float *y, *V, *M, *rows;   /* rows: per thread 8 · (2·tw + 2) floats */
     int C, H, W, OC, tw, ty0, nty;
     size_t Ts;
+    int up;   /* x is [C, H/2, W/2], read as its nearest-neighbour 2× upsampling */
 } wino_job;
 
 #define CH_BLOCK 8   /* channels per parallel item of the transforms */
@@ -131,11 +133,16 @@ static void input_tf(void *p, int64_t item, int tid)
     const size_t plane = (size_t)j->C * j->Ts;
     int c1 = (int)(item + 1) * CH_BLOCK < j->C ? (int)(item + 1) * CH_BLOCK : j->C;
     for (int c = (int)item * CH_BLOCK; c < c1; c++) {
-        const float *xc = j->x + (size_t)c * H * W;
+        const float *xc = j->x + (size_t)c * H * W;   /* (not used when up) */
         for (int ty = j->ty0; ty < j->ty0 + j->nty; ty++) {
             for (int i = 0; i < 4; i++) {   /* input rows 2ty−1 … 2ty+2 with zero padding */
                 int yy = 2 * ty - 1 + i;
-                if (yy >= 0 && yy < H) {
+                if (j->up && yy >= 0 && yy < H) {   /* upsampled row yy = source row yy/2, columns doubled */
+                    const float *xs = j->x + ((size_t)c * (H / 2) + (size_t)(yy / 2)) * (W / 2);
+                    r[i][0] = 0.0f;
+                    for (int q = 0; q < W / 2; q++) r[i][1 + 2 * q] = r[i][2 + 2 * q] = xs[q];
+                    for (int q = W + 1; q < P; q++) r[i][q] = 0.0f;
+                } else if (yy >= 0 && yy < H) {
                     r[i][0] = 0.0f;
                     memcpy(r[i] + 1, xc + (size_t)yy * W, (size_t)W * sizeof(float));
                     for (int q = W + 1; q < P; q++) r[i][q] = 0.0f;
@@ -150,10 +157,16 @@ static void input_tf(void *p, int64_t item, int tid)
     }
 }
 
-/* M[e] [OC, Ts] = U[e] [OC, C] · V[e] [C, Ts] */
+/* M[e] [OC, Ts] = U[e] [OC, C] · V[e] [C, Ts]; on an upsampled input the
+ * elements of row or column 2 of the 4×4 transform are exactly 0 (a tile's
+ * middle rows and columns repeat, so Bᵀ d B subtracts equal values): M[e] = 0 */
 static void product(void *p, int64_t e, int tid)
 {
     const wino_job *j = p;
+    if (j->up && (e / 4 == 2 || e % 4 == 2)) {
+        memset(j->M + (size_t)e * j->OC * j->Ts, 0, (size_t)j->OC * j->Ts * sizeof(float));
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->OC, (int)j->Ts, j->C, 1.0f,
                 j->U + (size_t)e * j->OC * j->C, j->C, j->V + (size_t)e * j->C * j->Ts, (int)j->Ts, 0.0f,
                 j->M + (size_t)e * j->OC * j->Ts, (int)j->Ts);
@@ -228,8 +241,8 @@ static void output_tf(void *p, int64_t item, int tid)
     }
 }
 
-int lm_conv3x3_winograd(const float *x, int C, int H, int W, const float *U, const float *b, int OC,
-                        float *y, lm_work *work)
+static int winograd(const float *x, int C, int H, int W, const float *U, const float *b, int OC, float *y,
+                    lm_work *work, int up)
 {
     if (C <= 0 || OC <= 0 || H <= 0 || W <= 0)
         return lm_err_set(NULL, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "empty convolution");
@@ -242,7 +255,7 @@ int lm_conv3x3_winograd(const float *x, int C, int H, int W, const float *U, con
     size_t P = (size_t)2 * tw + 2, Vn = (size_t)16 * C * rows * tw, Mn = (size_t)16 * OC * rows * tw;
     float *s = lm_work_get(work, Vn + Mn + (size_t)nth * 8 * P);
     if (!s) return LM_ENOMEM;
-    wino_job j = { x, U, b, y, s, s + Vn, s + Vn + Mn, C, H, W, OC, tw, 0, 0, 0 };
+    wino_job j = { x, U, b, y, s, s + Vn, s + Vn + Mn, C, H, W, OC, tw, 0, 0, 0, up };
     for (int ty0 = 0; ty0 < th; ty0 += rows) {
         j.ty0 = ty0;
         j.nty = rows < th - ty0 ? rows : th - ty0;
@@ -253,4 +266,18 @@ int lm_conv3x3_winograd(const float *x, int C, int H, int W, const float *U, con
     }
     lm_prof_end_fl(LM_PROF_CONV3, t0, 2.0 * OC * (double)H * W * C * 9);
     return 0;
+}
+
+int lm_conv3x3_winograd(const float *x, int C, int H, int W, const float *U, const float *b, int OC,
+                        float *y, lm_work *work)
+{
+    return winograd(x, C, H, W, U, b, OC, y, work, 0);
+}
+
+int lm_conv3x3_winograd_up2(const float *x, int C, int h, int w, const float *U, const float *b, int OC,
+                            float *y, lm_work *work)
+{
+    if (h > INT32_MAX / 2 || w > INT32_MAX / 2)
+        return lm_err_set(NULL, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "upsampled size overflows");
+    return winograd(x, C, 2 * h, 2 * w, U, b, OC, y, work, 1);
 }

@@ -352,11 +352,16 @@ static int decode_full(const lm_vae *v, const float *z, int h, int w, float *img
         int cout = c->ch[L - 1 - i];
         for (int j = 0; j < c->resnets; j++)
             if (resnet_fwd(&v->up[i * c->resnets + j], &f, H, W, c)) goto oom;
-        if (i < L - 1) {
+        if (i < L - 1 && v->ups_wino[i]) {   /* upsample + conv in one op: 9 of Winograd's 16 products */
+            if (lm_conv3x3_winograd_up2(f.X, cout, H, W, v->ups_w[i], v->ups_b[i], cout, f.Y, &f.work)) goto oom;
+            swap(&f.X, &f.Y);
+            H *= 2;
+            W *= 2;
+        } else if (i < L - 1) {
             lm_upsample_nearest2x(f.X, cout, H, W, f.Y);
             H *= 2;
             W *= 2;
-            if (conv3(v->ups_wino[i], f.Y, cout, H, W, v->ups_w[i], v->ups_b[i], cout, f.X, &f.work)) goto oom;
+            if (conv3(0, f.Y, cout, H, W, v->ups_w[i], v->ups_b[i], cout, f.X, &f.work)) goto oom;
         }
     }
     lm_group_norm(f.X, c->ch[0], (int64_t)H * W, c->groups, v->no_w, v->no_b, c->eps, 1, f.T);
