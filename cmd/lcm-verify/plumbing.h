@@ -25,6 +25,12 @@ int lv_read(const lm_source *src, const char *name, int required, int min_ndim, 
 int lv_write(const char *path, const lv_tensor *ts, size_t n, const char *const *inputs,
              size_t n_inputs, const char *what, lm_err *err);
 
+/* Before any work: out must not be one of paths[0..n) (NULL entries skipped) nor
+ * the file of a "-l LORA[:λ]" spec (same name or inode), nor a directory, device,
+ * FIFO or socket (lm_output_check). Errors: LM_EUSAGE naming out (or the bad spec). */
+int lv_check_output(const char *out, const char *const *paths, size_t n, char *const *specs, int n_specs,
+                    lm_err *err);
+
 /* Opens every "-l LORA[:λ]" spec: loras[i], lambdas[i]. */
 int lv_open_loras(char **specs, int n, lm_lora **loras, float *lambdas, lm_err *err);
 

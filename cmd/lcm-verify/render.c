@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "libmerge/cli.h"
 #include "libmerge/hash.h"
@@ -41,12 +40,6 @@ static void stem(const char *path, char *out, size_t n)
     snprintf(out, n, "%s", b);
     char *dot = strrchr(out, '.');
     if (dot && dot != out) *dot = 0;
-}
-
-static int same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 int lv_render(int argc, char **argv)
@@ -124,16 +117,14 @@ int lv_render(int argc, char **argv)
     lm_render_result r;
     memset(&r, 0, sizeof r);
     int rc = 0;
-    const char *ins[3] = { model, vae_path, te_path };
-    for (int i = 0; i < 3 && !rc; i++)
-        if (ins[i] && (same_file(outp, ins[i]) || (lat_out && same_file(lat_out, ins[i]))))
-            rc = lm_err_set(&err, LM_EUSAGE, outp, NULL, LM_ERR_NO_OFFSET, "output would overwrite an input");
+    /* neither output may be an input (the vocabulary included) nor a directory, device or FIFO */
+    const char *ins[5] = { model, vae_path, te_path, o.vocab, outp };
+    rc = lv_check_output(outp, ins, 4, lspec, nl, &err);
+    if (!rc && lat_out) rc = lv_check_output(lat_out, ins, 5, lspec, nl, &err);
     for (int i = 0; i < nl && !rc; i++) {
         double l;
         if (lm_parse_weighted(lspec[i], lpath[i], sizeof lpath[i], &l))
             rc = lm_err_set(&err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "bad LoRA spec '%s'", lspec[i]);
-        else if (same_file(outp, lpath[i]))
-            rc = lm_err_set(&err, LM_EUSAGE, outp, NULL, LM_ERR_NO_OFFSET, "output would overwrite an input");
     }
     if (!rc) rc = lv_open_loras(lspec, nl, loras, lambdas, &err);
     if (!rc) rc = lm_source_open(&ms, model, NULL, &err);

@@ -117,7 +117,9 @@ int lv_sample(int argc, char **argv)
     memset(noise, 0, sizeof noise);
     float *eps = NULL, *tmp = NULL, *x = NULL;
     lm_lcm_init(&r.s);
-    int rc = lm_lcm_set_timesteps(&r.s, steps, orig, 1.0, &err);
+    const char *ins[2] = { model, in };
+    int rc = lv_check_output(outp, ins, 2, lspec, nl, &err);
+    if (!rc) rc = lm_lcm_set_timesteps(&r.s, steps, orig, 1.0, &err);
     if (!rc) rc = lm_source_open(&is, in, NULL, &err);
     if (!rc) rc = lv_read(is, "latent", 1, 4, 4, &lat, &err);
     if (!rc) rc = lv_read(is, "context", 1, 3, 3, &ctx, &err);

@@ -83,6 +83,8 @@ int lv_text_encode(int argc, char **argv)
     int rc = 0;
     if (vocab) snprintf(vpath, sizeof vpath, "%s", vocab);
     else rc = lm_tokenizer_default_vocab(vpath, sizeof vpath, &err);
+    const char *ins[2] = { model, vpath };
+    if (!rc) rc = lv_check_output(outp, ins, 2, lspec, nl, &err);
     lm_tokenizer *t = NULL;
     int32_t ids[LM_CLIP_CTX];
     if (!rc) rc = lm_tokenizer_open(&t, vpath, &err);

@@ -71,6 +71,23 @@ int lv_write(const char *path, const lv_tensor *ts, size_t n, const char *const 
     return lm_writer_commit(w, err);
 }
 
+int lv_check_output(const char *out, const char *const *paths, size_t n, char *const *specs, int n_specs,
+                    lm_err *err)
+{
+    const char *in[8 + MAX_LORAS];
+    char lpath[MAX_LORAS][4096];
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < 8; i++)
+        if (paths[i]) in[k++] = paths[i];
+    for (int i = 0; i < n_specs && i < MAX_LORAS; i++) {
+        double lambda;
+        if (lm_parse_weighted(specs[i], lpath[i], sizeof lpath[i], &lambda))
+            return lm_err_set(err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "bad LoRA spec '%s'", specs[i]);
+        in[k++] = lpath[i];
+    }
+    return lm_output_check(out, in, k, err);
+}
+
 int lv_open_loras(char **specs, int n, lm_lora **loras, float *lambdas, lm_err *err)
 {
     for (int i = 0; i < n; i++) {
@@ -128,7 +145,9 @@ int lv_unet(int argc, char **argv)
     lm_lora *loras[MAX_LORAS] = { 0 };
     float lambdas[MAX_LORAS];
     lv_tensor lat = { 0 }, ts = { 0 }, ctx = { 0 }, eps = { 0 };
-    int rc = lm_source_open(&is, in, NULL, &err);
+    const char *ins[2] = { model, in };
+    int rc = lv_check_output(outp, ins, 2, lspec, nl, &err);
+    if (!rc) rc = lm_source_open(&is, in, NULL, &err);
     if (!rc) rc = lv_read(is, "latent", 1, 4, 4, &lat, &err);
     if (!rc) rc = lv_read(is, "timestep", 1, 0, 1, &ts, &err);
     if (!rc) rc = lv_read(is, "context", 1, 3, 3, &ctx, &err);

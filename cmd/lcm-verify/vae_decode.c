@@ -71,7 +71,9 @@ int lv_vae_decode(int argc, char **argv)
     lm_vae *v = NULL;
     lv_tensor lat = { 0 }, img = { 0 };
     uint8_t *rgb = NULL, *grid = NULL;
-    int rc = lm_source_open(&is, in, NULL, &err);
+    const char *ins[2] = { model, in };
+    int rc = lv_check_output(outp, ins, 2, NULL, 0, &err);
+    if (!rc) rc = lm_source_open(&is, in, NULL, &err);
     if (!rc) rc = lv_read(is, lname, 1, 4, 4, &lat, &err);
     if (!rc) rc = lm_source_open(&ms, model, NULL, &err);
     if (!rc) rc = lm_vae_load_source(&v, ms, &err);
@@ -96,9 +98,7 @@ int lv_vae_decode(int argc, char **argv)
     const char *inputs[2] = { model, in };
     if (!rc && !png) rc = lv_write(outp, &img, 1, inputs, 2, "vae-decode", &err);
     if (!rc && png) {
-        if (!strcmp(outp, in) || !strcmp(outp, model)) {
-            rc = lm_err_set(&err, LM_EUSAGE, outp, NULL, LM_ERR_NO_OFFSET, "output would overwrite an input");
-        } else if (N == 1) {
+        if (N == 1) {
             rc = lm_png_write(outp, rgb, (int)(w * f), (int)(h * f), NULL, 0, &err);
         } else {
             const uint8_t **cells = malloc((size_t)N * sizeof *cells);

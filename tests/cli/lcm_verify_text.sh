@@ -88,3 +88,25 @@ else no render_deterministic "exit $?: $(cat "$T/err")"; fi
 [ $rc -eq 2 ] && ok render_refuses_overwriting_input || no render_refuses_overwriting_input "exit $rc: $(cat "$T/err")"
 "${R[@]}" --seed 1 --size 60x64 -o "$T/x.png" 2>/dev/null; rc=$?
 [ $rc -eq 2 ] && [ ! -e "$T/x.png" ] && ok render_bad_size || no render_bad_size "exit $rc"
+
+# outputs are checked before any work (lm_output_check, writer.h): a FIFO, a
+# directory, a LoRA or the vocabulary given as an output is refused (exit 2) and left as it was
+mkfifo "$T/fifo"; mkdir "$T/dir"
+cp fixtures/bake/lora_a_kohya.safetensors "$T/lora.safetensors"
+cp "$C/bpe_simple_vocab_16e6.txt.gz" "$T/vocab.txt.gz"
+timeout 60 "${R[@]}" --seed 1 -o "$T/fifo" 2>"$T/err"; rc=$?
+[ $rc -eq 2 ] && [ -p "$T/fifo" ] && grep -q "FIFO" "$T/err" && ok render_refuses_fifo || no render_refuses_fifo "exit $rc: $(cat "$T/err")"
+timeout 60 "${R[@]}" --seed 1 -o "$T/dir" 2>"$T/err"; rc=$?
+[ $rc -eq 2 ] && [ -d "$T/dir" ] && ok render_refuses_directory || no render_refuses_directory "exit $rc: $(cat "$T/err")"
+timeout 60 "${R[@]}" --seed 1 -l "$T/lora.safetensors:0.5" -o "$T/y.png" --latents "$T/lora.safetensors" 2>"$T/err"; rc=$?
+[ $rc -eq 2 ] && cmp -s "$T/lora.safetensors" fixtures/bake/lora_a_kohya.safetensors && [ ! -e "$T/y.png" ] \
+  && ok render_refuses_latents_over_lora || no render_refuses_latents_over_lora "exit $rc: $(cat "$T/err")"
+timeout 60 "${R[@]}" --seed 1 --vocab "$T/vocab.txt.gz" -o "$T/vocab.txt.gz" 2>"$T/err"; rc=$?
+[ $rc -eq 2 ] && cmp -s "$T/vocab.txt.gz" "$C/bpe_simple_vocab_16e6.txt.gz" \
+  && ok render_refuses_vocab_output || no render_refuses_vocab_output "exit $rc: $(cat "$T/err")"
+mkfifo "$T/fifo.png"
+timeout 60 "$LV" vae-decode "$G/vae_ldm.safetensors" --input "$G/vae_io.safetensors" --latent-name z -o "$T/fifo.png" 2>"$T/err"; rc=$?
+[ $rc -eq 2 ] && [ -p "$T/fifo.png" ] && ok vae_decode_refuses_fifo || no vae_decode_refuses_fifo "exit $rc: $(cat "$T/err")"
+timeout 60 "$LV" text-encode "$C/clip_tiny.safetensors" --prompt "a cat" --vocab "$T/vocab.txt.gz" -o "$T/vocab.txt.gz" 2>"$T/err"; rc=$?
+[ $rc -eq 2 ] && cmp -s "$T/vocab.txt.gz" "$C/bpe_simple_vocab_16e6.txt.gz" \
+  && ok text_encode_refuses_vocab_output || no text_encode_refuses_vocab_output "exit $rc: $(cat "$T/err")"

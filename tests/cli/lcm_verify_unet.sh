@@ -122,3 +122,13 @@ PYEOF
 "$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" --input "$T/empty_ctx.safetensors" -o "$T/e.safetensors" 2>"$T/err"; rc=$?
 [ $rc -eq 3 ] && grep -q "empty_ctx.safetensors: context: .*empty tensor, shape \[1,0,32\]" "$T/err" && [ ! -e "$T/e.safetensors" ] \
   && ok unet_empty_context || no unet_empty_context "exit $rc: $(cat "$T/err")"
+
+# -o naming a LoRA given with -l is refused before any work (exit 2), the LoRA left as it was
+cp fixtures/bake/lora_a_kohya.safetensors "$T/lora.safetensors"
+for sub in unet sample; do
+  extra=(); [ $sub = sample ] && extra=(--steps 1)
+  "$BIN/lcm-verify" $sub "$G/unet_ldm.safetensors" --input "$F/unet_in.safetensors" "${extra[@]}" \
+    -l "$T/lora.safetensors:0.5" -o "$T/lora.safetensors" 2>"$T/err"; rc=$?
+  [ $rc -eq 2 ] && cmp -s "$T/lora.safetensors" fixtures/bake/lora_a_kohya.safetensors && grep -q "refusing to overwrite input" "$T/err" \
+    && ok "${sub}_refuses_output_over_lora" || no "${sub}_refuses_output_over_lora" "exit $rc: $(cat "$T/err")"
+done
