@@ -31,6 +31,9 @@ int lv_write(const char *path, const lv_tensor *ts, size_t n, const char *const 
 int lv_check_output(const char *out, const char *const *paths, size_t n, char *const *specs, int n_specs,
                     lm_err *err);
 
+/* --heads / --head-dim: an integer 1..4096 into *out, or a usage error (exit status 2). */
+int lv_parse_heads(const char *prog, const char *opt, const char *s, int *out);
+
 /* Opens every "-l LORA[:λ]" spec: loras[i], lambdas[i]. */
 int lv_open_loras(char **specs, int n, lm_lora **loras, float *lambdas, lm_err *err);
 

@@ -1,5 +1,6 @@
 /* lcm-verify render MODEL [-l LORA:λ …] --prompt P --seed S --steps K -o OUT.png:
  * text to image with LCM, LoRAs applied at load, A1111 parameters in the PNG. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,8 +69,9 @@ int lv_render(int argc, char **argv)
         case 'p': o.prompt = optarg; break;
         case 'n': o.negative_prompt = optarg; break;
         case 's':
+            errno = 0;
             o.seed = strtoull(optarg, &end, 10);
-            if (!*optarg || *end || *optarg == '-') return lm_cli_usage_error(prog, "bad --seed '%s'", optarg);
+            if (!*optarg || *end || *optarg == '-' || errno == ERANGE) return lm_cli_usage_error(prog, "bad --seed '%s'", optarg);
             have_seed = 1;
             break;
         case 'k':

@@ -2,6 +2,7 @@
  * sampling (UNet + LCM scheduler) from a given x_T and context, with the
  * re-noising noise given (noise_1 … noise_{K-1}) or drawn from the seeded
  * torch-compatible RNG; writes the final latent and every step's denoised. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,11 +91,13 @@ int lv_sample(int argc, char **argv)
                 return lm_cli_usage_error(prog, "bad --guidance '%s'", optarg);
             break;
         case 'S':
-            seed = strtoull(optarg, &end, 10);
-            if (!*optarg || *end) return lm_cli_usage_error(prog, "bad --seed '%s'", optarg);
+            errno = 0;
+            seed = strtoull(optarg, &end, 10);   /* strtoull takes "-1" as 2^64 - 1 */
+            if (!*optarg || *end || *optarg == '-' || errno == ERANGE)
+                return lm_cli_usage_error(prog, "bad --seed '%s'", optarg);
             break;
-        case 'H': uo.num_heads = atoi(optarg); break;
-        case 'D': uo.head_dim = atoi(optarg); break;
+        case 'H': if (lv_parse_heads(prog, "--heads", optarg, &uo.num_heads)) return LM_EXIT_USAGE; break;
+        case 'D': if (lv_parse_heads(prog, "--head-dim", optarg, &uo.head_dim)) return LM_EXIT_USAGE; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return LM_EXIT_USAGE;
         }

@@ -88,6 +88,15 @@ int lv_check_output(const char *out, const char *const *paths, size_t n, char *c
     return lm_output_check(out, in, k, err);
 }
 
+int lv_parse_heads(const char *prog, const char *opt, const char *s, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < 1 || v > 4096) return lm_cli_usage_error(prog, "%s: '%s' is not an integer 1..4096", opt, s);
+    *out = (int)v;
+    return 0;
+}
+
 int lv_open_loras(char **specs, int n, lm_lora **loras, float *lambdas, lm_err *err)
 {
     for (int i = 0; i < n; i++) {
@@ -129,8 +138,8 @@ int lv_unet(int argc, char **argv)
             if (nl == MAX_LORAS) return lm_cli_usage_error(prog, "at most %d LoRAs", MAX_LORAS);
             lspec[nl++] = optarg;
             break;
-        case 'H': uo.num_heads = atoi(optarg); break;
-        case 'D': uo.head_dim = atoi(optarg); break;
+        case 'H': if (lv_parse_heads(prog, "--heads", optarg, &uo.num_heads)) return LM_EXIT_USAGE; break;
+        case 'D': if (lv_parse_heads(prog, "--head-dim", optarg, &uo.head_dim)) return LM_EXIT_USAGE; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return LM_EXIT_USAGE;
         }

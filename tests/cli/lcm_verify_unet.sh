@@ -132,3 +132,11 @@ for sub in unet sample; do
   [ $rc -eq 2 ] && cmp -s "$T/lora.safetensors" fixtures/bake/lora_a_kohya.safetensors && grep -q "refusing to overwrite input" "$T/err" \
     && ok "${sub}_refuses_output_over_lora" || no "${sub}_refuses_output_over_lora" "exit $rc: $(cat "$T/err")"
 done
+
+# --heads/--head-dim/--seed that are not what they claim are usage errors (were: ignored, or -1 taken as 2^64-1)
+for a in "--heads -3" "--heads abc" "--head-dim 0" "--seed -1" "--seed 99999999999999999999999"; do
+  "$BIN/lcm-verify" sample "$G/unet_ldm.safetensors" --input "$F/unet_in.safetensors" --steps 1 $a -o "$T/u.safetensors" 2>"$T/err"; rc=$?
+  [ $rc -eq 2 ] && [ ! -e "$T/u.safetensors" ] && ok "sample_usage_${a// /_}" || no "sample_usage_${a// /_}" "exit $rc: $(cat "$T/err")"
+done
+"$BIN/lcm-verify" unet "$G/unet_ldm.safetensors" --input "$F/unet_in.safetensors" --heads x -o "$T/u.safetensors" 2>"$T/err"; rc=$?
+[ $rc -eq 2 ] && grep -q -- "--heads: 'x' is not an integer" "$T/err" && ok unet_usage_heads || no unet_usage_heads "exit $rc: $(cat "$T/err")"
