@@ -14,9 +14,11 @@
  * 32 groups, eps 1e-6. Sizes (block_out_channels, resnets per block, latent
  * channels) are read from the weight shapes. The 3×3 convolutions of resnets
  * and upsamplers with >= 128 input and output channels run as Winograd
- * F(2×2, 3×3) (Lavin & Gray 2016; lm_conv3x3_winograd of ops.h), 2.25× fewer products than
- * im2col (measured ~30% less CPU for the SD1.5 decoder; agreement with the
- * goldens unchanged, 4.7e-6); LIBMERGE_VAE_CONV=im2col turns it off,
+ * F(2×2, 3×3) (Lavin & Gray 2016; lm_conv3x3_winograd of ops.h), 2.25×
+ * fewer products than im2col (measured ~30% less CPU for the SD1.5 decoder;
+ * agreement with the goldens unchanged, 4.7e-6); an upsampler's nearest 2× upsampling and
+ * convolution then run as one op (lm_conv3x3_winograd_up2: 9 of the 16
+ * products, same result). LIBMERGE_VAE_CONV=im2col turns Winograd off,
  * =winograd uses it at every width.
  *
  * Layouts: diffusers (decoder.*, post_quant_conv.*, bare or with a "vae."
