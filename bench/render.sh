@@ -5,7 +5,9 @@
 # 256 px; seconds per stage, GFLOP/s with the ratio to cblas_sgemm's peak
 # measured in the same process, peak RSS per stage (each stage its own
 # process). Needs ~2.2 GB disk for the model (reused from demo-out/ when
-# there). RENDER_SIZES overrides "512 256".
+# there). RENDER_SIZES overrides "512 256"; RENDER_PROFILE=1 adds the VAE's
+# per-op-class wall / CPU seconds (lm_ops_profile) on stderr. On this shared
+# 2-core machine compare CPU seconds: wall time follows the load average.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
