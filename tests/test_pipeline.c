@@ -197,15 +197,15 @@ static int write_st(const char *path, const wt *t, size_t n, lm_err *e)
  * W + scale·up·down in F32 (a bake; down == NULL: unchanged). */
 typedef struct { const char *name; const float *down, *up; float scale; } bake_mod;
 
-static int write_checkpoint(const char *path, const bake_mod *mods, int n_mods, int r, lm_err *e)
+static int write_sources(const char *path, lm_source *const *srcs, int n_srcs, const bake_mod *mods, int n_mods,
+                         int r, lm_err *e)
 {
-    lm_source *srcs[3] = { g_unet, g_clip, g_vae };
     size_t n = 0;
-    for (int k = 0; k < 3; k++) n += lm_source_count(srcs[k]);
+    for (int k = 0; k < n_srcs; k++) n += lm_source_count(srcs[k]);
     wt *t = calloc(n, sizeof *t);
     float *owned[2] = { 0 };
     size_t q = 0;
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < n_srcs; k++)
         for (size_t i = 0; i < lm_source_count(srcs[k]); i++, q++) {
             const lm_entry *en = lm_source_entry(srcs[k], i);
             t[q] = (wt){ en->name, en->dtype, en->ndim, { 0 }, lm_source_raw(srcs[k], i), en->nbytes };
@@ -231,6 +231,12 @@ static int write_checkpoint(const char *path, const bake_mod *mods, int n_mods, 
     free(owned[1]);
     free(t);
     return rc;
+}
+
+static int write_checkpoint(const char *path, const bake_mod *mods, int n_mods, int r, lm_err *e)
+{
+    lm_source *srcs[3] = { g_unet, g_clip, g_vae };
+    return write_sources(path, srcs, 3, mods, n_mods, r, e);
 }
 
 static void test_pipeline_lora_equals_baked(void)
@@ -299,6 +305,81 @@ static void test_pipeline_lora_equals_baked(void)
     CHECK_MSG(eff > 1e-2, "the LoRA changed nothing (%.3g)", eff);
 }
 
+/* A UNet-only LoRA over separate UNet / text encoder / VAE files: the bare
+ * tiny CLIP file has no architecture the key map can detect, and it needs
+ * none since no module targets it (was: "cannot map LoRA names"). The result
+ * equals the same parts with that module baked into the UNet file. A LoRA that
+ * does have text-encoder modules still fails there, clearly. */
+static void test_pipeline_unet_lora_separate_text_encoder(void)
+{
+    CHECK(g_unet && g_vae && g_clip);
+    enum { R = 4, C = 32 };
+    float ud[R * C], uu[C * R], td[R * C], tu[C * R], ua = 2.0f;
+    uint32_t x = 7;
+    for (int i = 0; i < R * C; i++) {
+        x = x * 1664525u + 1013904223u; ud[i] = ((float)(x >> 8) / 16777216.0f - 0.5f) * 0.4f;
+        x = x * 1664525u + 1013904223u; uu[i] = ((float)(x >> 8) / 16777216.0f - 0.5f) * 0.4f;
+        td[i] = ud[i];
+        tu[i] = uu[i];
+    }
+    wt lt[6] = {
+        { LORA_UNET ".lora_down.weight", LM_DT_F32, 4, { R, C, 1, 1 }, ud, sizeof ud },
+        { LORA_UNET ".lora_up.weight", LM_DT_F32, 4, { C, R, 1, 1 }, uu, sizeof uu },
+        { LORA_UNET ".alpha", LM_DT_F32, 0, { 0 }, &ua, sizeof ua },
+        { LORA_TE ".lora_down.weight", LM_DT_F32, 2, { R, C }, td, sizeof td },
+        { LORA_TE ".lora_up.weight", LM_DT_F32, 2, { C, R }, tu, sizeof tu },
+        { LORA_TE ".alpha", LM_DT_F32, 0, { 0 }, &ua, sizeof ua },
+    };
+    const float lambda = 0.5f;
+    char lp[] = "/tmp/lm_test_ulora_XXXXXX", tp[] = "/tmp/lm_test_tlora_XXXXXX", bp[] = "/tmp/lm_test_ubaked_XXXXXX";
+    close(mkstemp(lp)); close(mkstemp(tp)); close(mkstemp(bp));
+    lm_err e, e2;
+    bake_mod mods[1] = { { W_UNET, ud, uu, lambda * ua / R } };
+    int rc = write_st(lp, lt, 3, &e);
+    if (!rc) rc = write_st(tp, lt, 6, &e);
+    lm_source *unet_only[1] = { g_unet };
+    if (!rc) rc = write_sources(bp, unet_only, 1, mods, 1, R, &e);
+    lm_lora *ul = NULL, *tl = NULL;
+    lm_source *bk = NULL;
+    if (!rc) rc = lm_lora_open(&ul, lp, NULL, &e);
+    if (!rc) rc = lm_lora_open(&tl, tp, NULL, &e);
+    if (!rc) rc = lm_source_open(&bk, bp, NULL, &e);
+    lm_render_opts o = LM_RENDER_OPTS_INIT;
+    o.prompt = "a photo of a cat";
+    o.vocab = FIXTURE("golden/clip/bpe_simple_vocab_16e6.txt.gz");
+    o.steps = 1;
+    o.width = o.height = 64;
+    o.seed = 11;
+    lm_render_result a = { 0 }, b = { 0 }, c = { 0 }, t = { 0 };
+    lm_render_models parts = { g_unet, g_vae, g_clip }, baked = { bk, g_vae, g_clip };
+    const lm_lora *uls[1] = { ul }, *tls[1] = { tl };
+    if (!rc) rc = lm_render_sources(&parts, uls, &lambda, 1, &o, &a, &e);
+    if (!rc) rc = lm_render_sources(&baked, NULL, NULL, 0, &o, &b, &e);
+    if (!rc) rc = lm_render_sources(&parts, NULL, NULL, 0, &o, &c, &e);
+    int te_rc = rc ? 0 : lm_render_sources(&parts, tls, &lambda, 1, &o, &t, &e2);
+    double d_ctx = 0, d_lat = 0, eff = 0;
+    if (!rc) {
+        for (int i = 0; i < 77 * C; i++) { double d = fabs((double)a.context[i] - b.context[i]); if (!(d <= d_ctx)) d_ctx = d; }
+        for (int i = 0; i < 256; i++) {
+            double d = fabs((double)a.latent[i] - b.latent[i]), f = fabs((double)a.latent[i] - c.latent[i]);
+            if (!(d <= d_lat)) d_lat = d;
+            if (f > eff) eff = f;
+        }
+    }
+    lm_render_result_free(&a); lm_render_result_free(&b); lm_render_result_free(&c);
+    if (!te_rc) lm_render_result_free(&t);
+    lm_lora_close(ul); lm_lora_close(tl);
+    lm_source_close(bk);
+    unlink(lp); unlink(tp); unlink(bp);
+    CHECK_OK(rc, &e);
+    CHECK_MSG(d_ctx <= 1e-5, "context differs by %.3g", d_ctx);
+    CHECK_MSG(d_lat <= 1e-3, "latents differ from the baked checkpoint's by %.3g", d_lat);
+    CHECK_MSG(eff > 1e-2, "the LoRA changed nothing (%.3g)", eff);
+    CHECK_EQ_INT(te_rc, LM_EUNSUPPORTED);
+    CHECK_MSG(te_rc && strstr(e2.msg, "cannot map LoRA names") && strstr(e2.msg, "architecture unknown"),
+              "text-encoder LoRA over a bare CLIP file: '%s'", te_rc ? e2.msg : "");
+}
+
 static void test_pipeline_errors(void)
 {
     lm_render_opts o = LM_RENDER_OPTS_INIT;
@@ -328,6 +409,7 @@ int main(void)
     if (!UNDER_VALGRIND()) RUN(test_pipeline_guidance_identity);   /* minutes under valgrind */
     RUN(test_pipeline_text_to_image);
     if (!UNDER_VALGRIND()) RUN(test_pipeline_lora_equals_baked);   /* minutes under valgrind */
+    RUN(test_pipeline_unet_lora_separate_text_encoder);
     RUN(test_pipeline_errors);
     lm_source_close(g_gold);
     lm_source_close(g_unet);

@@ -40,6 +40,14 @@ int lm_weights_open(lm_weights **out, const lm_source *src, const char *componen
     lm_model_detect(src, &info);
     w->arch = info.arch != LM_ARCH_UNKNOWN ? info.arch : LM_ARCH_SD1;
     int rc = 0;
+    /* Only a LoRA with modules of this component needs the key map: a UNet-only
+     * LoRA must not require a separate text encoder's architecture to be known
+     * (a bare CLIP file carries no UNet to detect it from), nor the reverse. */
+    size_t own = 0;
+    for (size_t i = 0; i < n_loras; i++)
+        for (size_t m = 0; m < lm_lora_count(loras[i]); m++)
+            if (lm_lora_module_at(loras[i], m)->component == comp_of(component)) own++;
+    if (!own) n_loras = 0;
     if (n_loras) {
         w->loras = calloc(n_loras, sizeof *w->loras);
         if (!w->loras) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto fail; }

@@ -31,8 +31,11 @@ typedef struct lm_weights lm_weights;
  * to this component (lm_lora_module.component: UNet for "unet", TE for
  * "text_encoder", TE2 for "text_encoder_2") and match no tensor of src are
  * an LM_EMISMATCH error naming the module; modules of other components are
- * left for their own loader. Errors: those of lm_keymap_build/resolve,
- * LM_ENOMEM. */
+ * left for their own loader. The key map is built only when some LoRA has
+ * modules of this component, so a UNet-only LoRA opens over a bare text
+ * encoder whose architecture cannot be detected. Errors: those of
+ * lm_keymap_build (LM_EUNSUPPORTED: architecture unknown, when it is
+ * needed)/resolve, LM_ENOMEM. */
 int lm_weights_open(lm_weights **out, const lm_source *src, const char *component,
                     const lm_lora *const *loras, const float *lambdas, size_t n_loras,
                     lm_err *err);
