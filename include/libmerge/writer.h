@@ -61,7 +61,8 @@ typedef struct lm_writer_opts {
 int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors, size_t n,
                    const lm_kv *meta, size_t n_meta, const lm_writer_opts *opts, lm_err *err);
 
-/* Index (into the array given to lm_writer_open) of the k-th tensor to write. */
+/* Index (into the array given to lm_writer_open) of the k-th tensor to write;
+ * (size_t)-1 when k >= n. */
 size_t lm_writer_tensor_index(const lm_writer *w, size_t k);
 
 /* Appends nbytes of data for the current tensor (a tensor may be written in
@@ -100,7 +101,8 @@ int lm_writer_commit(lm_writer *w, lm_err *err);
 /* Removes the temp file and frees w; safe on NULL. */
 void lm_writer_abort(lm_writer *w);
 
-/* Offset of the data area (8 + header length) the writer chose. */
+/* Offset of the data area (8 + header length N, N padded to a multiple of 8) the
+ * writer chose, in bytes from the start of the file. */
 uint64_t lm_writer_data_start(const lm_writer *w);
 
 /* Replaces the metadata given at open (all pairs, same order) with meta, rewriting
@@ -124,6 +126,9 @@ int lm_output_check(const char *path, const char *const *inputs, size_t n_inputs
  * sets SIGINT/SIGTERM/SIGHUP handlers that unlink every registered path and
  * exit with 128+signal. Commands call it once at start. */
 void lm_atomic_install_signal_handlers(void);
+/* Registers tmp_path (async-signal-safe bookkeeping: fixed slots, no allocation).
+ * Returns 0, LM_EUSAGE when the path is too long for a slot, LM_ENOMEM when every
+ * slot is taken. lm_atomic_unregister forgets it (a path never registered is ignored). */
 int lm_atomic_register(const char *tmp_path);
 void lm_atomic_unregister(const char *tmp_path);
 
