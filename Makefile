@@ -82,7 +82,7 @@ test: all tests
 	@BUILD=$(BUILD) BIN=$(BINDIR) tests/run.sh
 
 check-asan:
-	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" test
+	TEST_TIME_SCALE=5 $(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" test
 
 check-valgrind: all tests
 	@BUILD=$(BUILD) BIN=$(BINDIR) SKIP_CLI=1 TEST_TIME_SCALE=50 TEST_WRAP="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect" tests/run.sh
