@@ -28,17 +28,6 @@ static void progress(void *ctx, const char *what, size_t done, size_t total)
     if (done == total) fputc('\n', stderr);
 }
 
-static lm_dtype parse_dtype(const char *s, int *ok)
-{
-    *ok = 1;
-    if (!strcmp(s, "keep")) return LM_DT_INVALID;
-    if (!strcmp(s, "fp16") || !strcmp(s, "f16") || !strcmp(s, "F16")) return LM_DT_F16;
-    if (!strcmp(s, "bf16") || !strcmp(s, "BF16")) return LM_DT_BF16;
-    if (!strcmp(s, "fp32") || !strcmp(s, "f32") || !strcmp(s, "F32")) return LM_DT_F32;
-    *ok = 0;
-    return LM_DT_INVALID;
-}
-
 static void print_json(const char *out, const lm_bake_report *r, int ok, const lm_err *err)
 {
     cJSON *o = cJSON_CreateObject();
@@ -158,15 +147,12 @@ int main(int argc, char **argv)
             break;
         case 'o': out = optarg; break;
         case 'd': {
-            int ok;
-            o.out_dtype = parse_dtype(optarg, &ok);
-            if (!ok) { status = lm_cli_usage_error(PROG, "--dtype must be keep, fp16, bf16 or fp32, not '%s'", optarg); goto finish; }
+            if (lm_cli_parse_dtype(optarg, &o.out_dtype)) { status = lm_cli_usage_error(PROG, "--dtype must be keep, fp16, bf16 or fp32, not '%s'", optarg); goto finish; }
             break;
         }
         case 't': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 0 || v > 64) { status = lm_cli_usage_error(PROG, "--threads must be 0..64, not '%s'", optarg); goto finish; }
+            long v;
+            if (lm_cli_parse_int(optarg, 0, 64, &v)) { status = lm_cli_usage_error(PROG, "--threads must be 0..64, not '%s'", optarg); goto finish; }
             o.threads = (int)v;
             break;
         }

@@ -29,17 +29,6 @@ static void progress(void *ctx, const char *what, size_t done, size_t total)
     if (done == total) fputc('\n', stderr);
 }
 
-static lm_dtype parse_dtype(const char *s, int *ok)
-{
-    *ok = 1;
-    if (!strcmp(s, "keep")) return LM_DT_INVALID;
-    if (!strcmp(s, "fp16") || !strcmp(s, "f16") || !strcmp(s, "F16")) return LM_DT_F16;
-    if (!strcmp(s, "bf16") || !strcmp(s, "BF16")) return LM_DT_BF16;
-    if (!strcmp(s, "fp32") || !strcmp(s, "f32") || !strcmp(s, "F32")) return LM_DT_F32;
-    *ok = 0;
-    return LM_DT_INVALID;
-}
-
 static void print_json(const char *out, const lm_lmerge_report *r, int ok, const lm_err *err, int rank, const char *warning)
 {
     cJSON *o = cJSON_CreateObject();
@@ -121,9 +110,8 @@ int main(int argc, char **argv)
         case 'o': out = optarg; break;
         case 'x': exact = 1; break;
         case 'r': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > 100000) return lm_cli_usage_error(PROG, "--rank must be an integer from 1 to 100000, not '%s'", optarg);
+            long v;
+            if (lm_cli_parse_int(optarg, 1, 100000, &v)) return lm_cli_usage_error(PROG, "--rank must be an integer from 1 to 100000, not '%s'", optarg);
             o.rank = (int)v;
             have_rank = 1;
             break;
@@ -134,16 +122,13 @@ int main(int argc, char **argv)
             else return lm_cli_usage_error(PROG, "--format must be kohya or peft, not '%s'", optarg);
             break;
         case 'd': {
-            int ok;
-            o.out_dtype = parse_dtype(optarg, &ok);
-            if (!ok) return lm_cli_usage_error(PROG, "--dtype must be keep, fp16, bf16 or fp32, not '%s'", optarg);
+            if (lm_cli_parse_dtype(optarg, &o.out_dtype)) return lm_cli_usage_error(PROG, "--dtype must be keep, fp16, bf16 or fp32, not '%s'", optarg);
             break;
         }
         case 'b': o.base = optarg; break;
         case 't': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 0 || v > 64) return lm_cli_usage_error(PROG, "--threads must be 0..64, not '%s'", optarg);
+            long v;
+            if (lm_cli_parse_int(optarg, 0, 64, &v)) return lm_cli_usage_error(PROG, "--threads must be 0..64, not '%s'", optarg);
             o.threads = (int)v;
             break;
         }

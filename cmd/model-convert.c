@@ -71,26 +71,12 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
     if (done == total) end_progress_line(u);
 }
 
-static lm_dtype parse_dtype(const char *s, int *ok)
-{
-    *ok = 1;
-    if (!strcmp(s, "keep")) return LM_DT_INVALID;
-    if (!strcmp(s, "fp16")) return LM_DT_F16;
-    if (!strcmp(s, "bf16")) return LM_DT_BF16;
-    if (!strcmp(s, "fp32")) return LM_DT_F32;
-    *ok = 0;
-    return LM_DT_INVALID;
-}
-
 static void print_json(ui *u, const char *out, const lm_convert_report *r, const lm_err *err, int rc)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddBoolToObject(o, "ok", rc == 0);
     cJSON_AddStringToObject(o, "output", out);
-    if (rc) {
-        char buf[1400];
-        cJSON_AddStringToObject(o, "error", lm_err_format(err, buf, sizeof buf));
-    }
+    if (rc) lm_cli_json_error(o, err);
     cJSON_AddStringToObject(o, "source_sha256", r->source_sha256);
     cJSON_AddNumberToObject(o, "tensors_in", (double)r->n_in);
     cJSON_AddNumberToObject(o, "tensors_out", (double)r->n_out);
@@ -124,13 +110,12 @@ int main(int argc, char **argv)
     ui u = { 0 };
     u.last_pct = -1;
     const char *out = NULL;
-    int c, ok;
+    int c;
     while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
         case 'd':
-            o.dtype = parse_dtype(optarg, &ok);
-            if (!ok) return lm_cli_usage_error(PROG, "--dtype %s: expected keep, fp16, bf16 or fp32", optarg);
+            if (lm_cli_parse_dtype(optarg, &o.dtype)) return lm_cli_usage_error(PROG, "--dtype %s: expected keep, fp16, bf16 or fp32", optarg);
             break;
         case 'p': o.prune = 1; break;
         case 'e': o.use_ema = 1; break;

@@ -60,6 +60,29 @@ static void weighted_spec_parsing(void)
     CHECK_NEAR(l, 1000.0, 0);
 }
 
+static void cli_dtype_and_int_parsing(void)
+{
+    lm_dtype dt = LM_DT_F64;
+    CHECK_OK(lm_cli_parse_dtype("keep", &dt), NULL);
+    CHECK_EQ_INT(dt, LM_DT_INVALID);
+    CHECK_OK(lm_cli_parse_dtype("fp16", &dt), NULL);
+    CHECK_EQ_INT(dt, LM_DT_F16);
+    CHECK_OK(lm_cli_parse_dtype("BF16", &dt), NULL);
+    CHECK_EQ_INT(dt, LM_DT_BF16);
+    CHECK_OK(lm_cli_parse_dtype("f32", &dt), NULL);
+    CHECK_EQ_INT(dt, LM_DT_F32);
+    CHECK(lm_cli_parse_dtype("fp8", &dt) == LM_EUSAGE);
+    CHECK(lm_cli_parse_dtype("", &dt) == LM_EUSAGE);
+    long v = -7;
+    CHECK_OK(lm_cli_parse_int("64", 0, 64, &v), NULL);
+    CHECK_EQ_INT(v, 64);
+    CHECK(lm_cli_parse_int("", 0, 64, &v) == LM_EUSAGE);   /* was read as 0 */
+    CHECK(lm_cli_parse_int("65", 0, 64, &v) == LM_EUSAGE);
+    CHECK(lm_cli_parse_int(" 3", 0, 64, &v) == LM_EUSAGE);
+    CHECK(lm_cli_parse_int("3x", 0, 64, &v) == LM_EUSAGE);
+    CHECK(lm_cli_parse_int("99999999999999999999", 0, 64, &v) == LM_EUSAGE);
+}
+
 static void f16_known_values(void)
 {
     CHECK_EQ_INT(lm_f32_to_f16(1.0f), 0x3c00);
@@ -133,6 +156,7 @@ int main(void)
     RUN(err_format_names_file_key_offset);
     RUN(exit_statuses_are_distinct);
     RUN(weighted_spec_parsing);
+    RUN(cli_dtype_and_int_parsing);
     RUN(f16_known_values);
     RUN(f16_roundtrip_all_65536);
     RUN(bf16_rounding);

@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include "libmerge/err.h"
+#include "libmerge/dtype.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -39,6 +40,25 @@ int lm_parse_weighted(const char *spec, char *path, size_t n, double *lambda);
  * (any other status is kept); else it returns status unchanged. */
 void lm_cli_stdout_flush(void);
 int lm_cli_stdout_status(const char *prog, int status);
+
+/* The failure fields of a command's --json report, added to object o (a
+ * cJSON object): "error", the one-line text lm_cli_fail prints after "PROG: "
+ * (lm_err_format of e), and "exit_status", lm_exit_status(e->code). The
+ * reports of lcm-verify, model-convert and model-inspect carry them when the
+ * command stopped on bad input or an I/O error, so that a pipeline reading
+ * stdout gets one object either way. Does nothing when o is NULL. */
+struct cJSON;
+void lm_cli_json_error(struct cJSON *o, const lm_err *e);
+
+/* Parses a --dtype value shared by every command: "keep" (*dt =
+ * LM_DT_INVALID, meaning each tensor keeps its own), "fp16", "bf16", "fp32",
+ * also spelled as the safetensors names F16/BF16/F32 or f16/f32. Returns 0,
+ * or LM_EUSAGE for anything else. */
+int lm_cli_parse_dtype(const char *s, lm_dtype *dt);
+
+/* Parses a whole decimal integer in [min, max] (no sign tricks, no empty
+ * string, no trailing text). Returns 0, or LM_EUSAGE. */
+int lm_cli_parse_int(const char *s, long min, long max, long *v);
 
 /* Non-zero when stderr is a terminal (progress output goes there only then). */
 int lm_cli_progress_enabled(void);

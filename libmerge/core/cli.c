@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <cJSON.h>
 
 int lm_cli_fail(const char *prog, const lm_err *e)
 {
@@ -26,6 +27,14 @@ int lm_cli_fail(const char *prog, const lm_err *e)
     line[k] = '\0';
     fprintf(stderr, "%s: %s\n", prog, line);
     return lm_exit_status(e ? e->code : LM_EINTERNAL);
+}
+
+void lm_cli_json_error(struct cJSON *o, const lm_err *e)
+{
+    char buf[1400];
+    if (!o) return;
+    cJSON_AddStringToObject(o, "error", e ? lm_err_format(e, buf, sizeof buf) : "internal error");
+    cJSON_AddNumberToObject(o, "exit_status", lm_exit_status(e ? e->code : LM_EINTERNAL));
 }
 
 int lm_cli_usage_error(const char *prog, const char *fmt, ...)
@@ -86,6 +95,30 @@ int lm_cli_stdout_status(const char *prog, int status)
     if (!e) return status;
     fprintf(stderr, "%s: standard output: write error: %s\n", prog, strerror(e));
     return status == LM_EXIT_OK ? LM_EXIT_IO : status;
+}
+
+int lm_cli_parse_dtype(const char *s, lm_dtype *dt)
+{
+    static const struct { const char *name; lm_dtype dt; } k[] = {
+        { "keep", LM_DT_INVALID },
+        { "fp16", LM_DT_F16 }, { "f16", LM_DT_F16 },
+        { "bf16", LM_DT_BF16 },
+        { "fp32", LM_DT_F32 }, { "f32", LM_DT_F32 },
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        if (!strcasecmp(s, k[i].name)) { *dt = k[i].dt; return 0; }
+    return LM_EUSAGE;
+}
+
+int lm_cli_parse_int(const char *s, long min, long max, long *v)
+{
+    char *end;
+    if (!*s || !strchr("0123456789-", *s)) return LM_EUSAGE;
+    errno = 0;
+    long x = strtol(s, &end, 10);
+    if (*end || errno == ERANGE || x < min || x > max) return LM_EUSAGE;
+    *v = x;
+    return 0;
 }
 
 int lm_cli_progress_enabled(void)
