@@ -83,7 +83,9 @@ static void print_json(const char *out, const lm_bake_report *r, int ok, const l
     cJSON_Delete(o);
 }
 
-static void print_human(const char *base, const char *out, const lm_bake_report *r)
+/* written = 0 when the bake failed after planning (--fail-on-overflow): the
+ * report still says what overflowed, and that no output exists */
+static void print_human(const char *base, const char *out, const lm_bake_report *r, int written)
 {
     printf("base      %s (%s, %s layout) sha256 %.16s…\n", base, r->arch, r->layout, r->base_sha256);
     for (size_t i = 0; i < r->n_loras; i++) {
@@ -94,8 +96,11 @@ static void print_human(const char *base, const char *out, const lm_bake_report 
         if (l->dora) printf(", %zu DoRA", l->dora);
         printf("\n");
     }
-    printf("output    %s: %zu tensors, %zu updated, %zu copied, %zu converted, %.1f MB\n", out, r->tensors,
-           r->touched, r->copied, r->converted, (double)r->bytes_written / 1e6);
+    if (written)
+        printf("output    %s: %zu tensors, %zu updated, %zu copied, %zu converted, %.1f MB\n", out, r->tensors,
+               r->touched, r->copied, r->converted, (double)r->bytes_written / 1e6);
+    else
+        printf("output    %s: not written\n", out);
     if (r->overflow_total) {
         size_t nt = 0, shown = 0;
         for (size_t i = 0; i < r->n_overflows; i++) nt += r->overflows[i].count != 0;
@@ -180,9 +185,9 @@ int main(int argc, char **argv)
     lm_err_clear(&err);
     int rc = lm_bake(base, in, n, out, &o, &r, &err);
     if (json) print_json(out, &r, rc == 0, &err);
-    else if (!rc) print_human(base, out, &r);
+    else if (!rc) print_human(base, out, &r, 1);
     if (rc) {
-        if (!json && r.n_overflows) print_human(base, out, &r);
+        if (!json && r.n_overflows) print_human(base, out, &r, 0);
         status = lm_cli_fail(PROG, &err);
     }
     lm_bake_report_free(&r);

@@ -93,6 +93,11 @@ if [ $? -eq 0 ] && echo "$out" | grep -q "overflow .* 1 tensors" && echo "$out" 
 else fail lcm_bake_overflow_reported "$out"; fi
 rm -f "$T/ov.safetensors"
 
+# refused for overflow: the report says no output exists (it used to print a size)
+out=$("$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_overflow.safetensors --dtype fp16 --fail-on-overflow -o "$T/ov2.safetensors" 2>/dev/null)
+if echo "$out" | grep -q "ov2.safetensors: not written" && [ ! -e "$T/ov2.safetensors" ]; then pass lcm_bake_refused_says_not_written
+else fail lcm_bake_refused_says_not_written "$out"; fi
+
 # --allow-unmatched skips and counts
 out=$("$BIN/lcm-bake" "$BASE" -l fixtures/bake/lora_unmatched.safetensors --allow-unmatched -o "$T/u.safetensors" 2>&1)
 if [ $? -eq 0 ] && echo "$out" | grep -q "1 unmatched (skipped)"; then pass lcm_bake_allow_unmatched
