@@ -295,11 +295,9 @@ int main(int argc, char **argv)
         if (rc) {
             status = worse(status, lm_cli_fail(PROG, &err));
             if (want_json) {
-                char buf[1400];
                 cJSON *o = cJSON_CreateObject();
                 cJSON_AddStringToObject(o, "path", path);
-                cJSON_AddStringToObject(o, "error", lm_err_format(&err, buf, sizeof buf));
-                cJSON_AddNumberToObject(o, "exit_status", lm_exit_status(rc));
+                lm_cli_json_error(o, &err);
                 cJSON_AddItemToArray(all, o);
             }
         }

@@ -44,10 +44,10 @@ static void text_report(const lm_verify_report *r)
            r->failed, r->seconds);
 }
 
-static void json_report(const lm_verify_report *r)
+static void json_report(const lm_verify_report *r, const lm_err *err)
 {
     cJSON *o = cJSON_CreateObject();
-    lvp_json_common(o, r);
+    lvp_json_common(o, r, err);
     cJSON *t = cJSON_AddObjectToObject(o, "tensors");
     cJSON_AddNumberToObject(t, "total", (double)r->tensors);
     cJSON_AddNumberToObject(t, "touched", (double)r->touched);

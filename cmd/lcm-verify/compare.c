@@ -29,13 +29,15 @@ static void usage(FILE *f)
             "1 outside, 2 usage, 3 bad input, 4 I/O. See lcm-verify(1).\n");
 }
 
+/* err: the run stopped on it (c then holds what it got, zeros before the renders), or NULL */
 static void json_report(const lm_compare_report *c, const char *baked, const char *base, const lm_weighted *l, size_t n,
-                        const lm_verify_render *r, const char *png)
+                        const lm_verify_render *r, const char *png, const lm_err *err)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddBoolToObject(o, "ok", c->ok);
+    cJSON_AddBoolToObject(o, "ok", c->ok && !err);
     cJSON_AddStringToObject(o, "baked", baked);
     cJSON_AddStringToObject(o, "base", base);
+    if (err) lm_cli_json_error(o, err);
     cJSON *a = cJSON_AddArrayToObject(o, "loras");
     for (size_t i = 0; i < n; i++) {
         cJSON *e = cJSON_CreateObject();
@@ -48,7 +50,8 @@ static void json_report(const lm_compare_report *c, const char *baked, const cha
     cJSON_AddNumberToObject(o, "steps", r->opts.steps);
     cJSON_AddNumberToObject(o, "width", c->width);
     cJSON_AddNumberToObject(o, "height", c->height);
-    cJSON_AddStringToObject(o, "dtype", lm_dtype_name(c->dtype));
+    if (c->dtype == LM_DT_INVALID) cJSON_AddNullToObject(o, "dtype");   /* stopped before BAKED was read */
+    else cJSON_AddStringToObject(o, "dtype", lm_dtype_name(c->dtype));
     cJSON_AddNumberToObject(o, "latent_max_abs", c->latent_max_abs);
     cJSON_AddNumberToObject(o, "latent_scale", c->latent_scale);
     cJSON_AddNumberToObject(o, "latent_tol", c->latent_tol);
@@ -56,7 +59,7 @@ static void json_report(const lm_compare_report *c, const char *baked, const cha
     else cJSON_AddNumberToObject(o, "psnr", c->psnr);
     cJSON_AddNumberToObject(o, "psnr_min", c->psnr_min);
     cJSON_AddNumberToObject(o, "amplification", r->amplification > 0 ? r->amplification : LM_COMPARE_AMPLIFICATION);
-    if (png) cJSON_AddStringToObject(o, "image", png);
+    if (png && !err) cJSON_AddStringToObject(o, "image", png);
     else cJSON_AddNullToObject(o, "image");
     cJSON_AddNumberToObject(o, "seconds", c->seconds);
     lvp_json_print(o);
@@ -122,15 +125,22 @@ int lv_compare(int argc, char **argv)
     if (png && (st = lvp_check_output(PROG, png, baked, base, loras, nl, &r))) { lvp_free_weighted(loras, nl); return st; }
     lm_lora **ls = NULL;
     float *lams = NULL;
-    if ((st = lvp_open_loras(PROG, loras, nl, &ls, &lams))) { lvp_free_weighted(loras, nl); return st; }
     lm_compare_report rep;
     lm_err err;
     lm_err_clear(&err);
+    memset(&rep, 0, sizeof rep);
+    if ((st = lvp_open_loras(PROG, loras, nl, &ls, &lams, &err))) {
+        if (json) json_report(&rep, baked, base, loras, nl, &r, png, &err);
+        lvp_free_weighted(loras, nl);
+        return st;
+    }
     int rc = lm_verify_compare(baked, base, (const lm_lora *const *)ls, lams, nl, &r, &rep, &err);
     if (!rc && png) rc = write_side_by_side(&rep, png, &err);
-    if (rc) st = lm_cli_fail(PROG, &err);
-    else {
-        if (json) json_report(&rep, baked, base, loras, nl, &r, png);
+    if (rc) {
+        st = lm_cli_fail(PROG, &err);
+        if (json) json_report(&rep, baked, base, loras, nl, &r, png, &err);
+    } else {
+        if (json) json_report(&rep, baked, base, loras, nl, &r, png, NULL);
         else {
             printf("compare: %s vs %s + %zu LoRA%s (seed %llu, %d steps, %dx%d)\n", baked, base, nl, nl == 1 ? "" : "s",
                    (unsigned long long)r.opts.seed, r.opts.steps, rep.width, rep.height);

@@ -45,10 +45,10 @@ static void text_report(const lm_verify_report *r)
            r->seconds);
 }
 
-static void json_report(const lm_verify_report *r)
+static void json_report(const lm_verify_report *r, const lm_err *err)
 {
     cJSON *o = cJSON_CreateObject();
-    lvp_json_common(o, r);
+    lvp_json_common(o, r, err);
     cJSON_AddNumberToObject(o, "failed", (double)r->failed);
     cJSON_AddNumberToObject(o, "worst_ratio", r->worst_ratio);
     cJSON *a = cJSON_AddArrayToObject(o, "modules");

@@ -43,6 +43,17 @@ static int parse_list(const char *opt, const char *s, double *out, size_t *n)
     return *n ? 0 : lm_cli_usage_error(PROG, "%s: empty list", opt);
 }
 
+/* --json when the sweep stopped on err: the same object, "ok": false, no image. */
+static void json_error(const char *model, const lm_err *err)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 0);
+    cJSON_AddStringToObject(o, "model", model);
+    lm_cli_json_error(o, err);
+    cJSON_AddNullToObject(o, "image");
+    lvp_json_print(o);
+}
+
 int lv_sweep(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -82,19 +93,25 @@ int lv_sweep(int argc, char **argv)
     if ((st = lvp_check_output(PROG, png, argv[optind], NULL, loras, nl, &r))) { lvp_free_weighted(loras, nl); return st; }
     lm_lora **ls = NULL;
     float *lams = NULL;
-    if ((st = lvp_open_loras(PROG, loras, nl, &ls, &lams))) { lvp_free_weighted(loras, nl); return st; }
     uint8_t *grid = NULL;
     int w = 0, h = 0;
     lm_err err;
     lm_err_clear(&err);
+    if ((st = lvp_open_loras(PROG, loras, nl, &ls, &lams, &err))) {
+        if (json) json_error(argv[optind], &err);
+        lvp_free_weighted(loras, nl);
+        return st;
+    }
     int rc = lm_verify_sweep(argv[optind], (const lm_lora *const *)ls, lams, nl, steps, nsd, lam, nlam, &r, &grid, &w, &h, &err);
     char text[256];
     snprintf(text, sizeof text, "rows: steps; columns: lambda; prompt: %s; seed %llu", r.opts.prompt ? r.opts.prompt : "",
              (unsigned long long)r.opts.seed);
     lm_png_text t = { "lcm-verify sweep", text };
     if (!rc) rc = lm_png_write(png, grid, w, h, &t, 1, &err);
-    if (rc) st = lm_cli_fail(PROG, &err);
-    else if (json) {
+    if (rc) {
+        st = lm_cli_fail(PROG, &err);
+        if (json) json_error(argv[optind], &err);
+    } else if (json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddBoolToObject(o, "ok", 1);
         cJSON_AddStringToObject(o, "model", argv[optind]);

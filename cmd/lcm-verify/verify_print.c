@@ -8,10 +8,11 @@
 #include "libmerge/cli.h"
 #include "libmerge/writer.h"
 
-void lvp_json_common(cJSON *o, const lm_verify_report *r)
+void lvp_json_common(cJSON *o, const lm_verify_report *r, const lm_err *err)
 {
-    cJSON_AddBoolToObject(o, "ok", r->ok);
+    cJSON_AddBoolToObject(o, "ok", r->ok && !err);
     cJSON_AddStringToObject(o, "output", r->out_path ? r->out_path : "");
+    if (err) lm_cli_json_error(o, err);
     cJSON_AddStringToObject(o, "operation", r->operation ? r->operation : "");
     cJSON_AddBoolToObject(o, "recipe", r->has_recipe);
     cJSON_AddStringToObject(o, "inputs_from", r->inputs_from);
@@ -63,16 +64,24 @@ void lvp_text_name(const char *name)
 }
 
 int lvp_run_verify(const char *prog, lvp_verify_fn fn, const char *target, lm_verify_opts *o, int json,
-                   void (*text)(const lm_verify_report *), void (*json_out)(const lm_verify_report *))
+                   void (*text)(const lm_verify_report *),
+                   void (*json_out)(const lm_verify_report *, const lm_err *err))
 {
     if (lm_cli_progress_enabled() && !json) o->progress = lvp_progress;
     lm_verify_report r;
     lm_err err;
     lm_err_clear(&err);
     int st;
-    if (fn(target, o, &r, &err)) st = lm_cli_fail(prog, &err);
-    else {
-        (json ? json_out : text)(&r);
+    if (fn(target, o, &r, &err)) {
+        st = lm_cli_fail(prog, &err);
+        if (json) {
+            /* fn leaves the report valid: out_path and whatever inputs it gathered */
+            if (!r.out_path) r.out_path = strdup(target);
+            json_out(&r, &err);
+        }
+    } else {
+        if (json) json_out(&r, NULL);
+        else text(&r);
         st = r.ok ? LM_EXIT_OK : LM_EXIT_VERIFY;
     }
     lm_verify_report_free(&r);
@@ -183,20 +192,26 @@ int lvp_parse_size(const char *prog, const char *s, int *w, int *h)
     return 0;
 }
 
-int lvp_open_loras(const char *prog, const lm_weighted *v, size_t n, lm_lora ***out, float **lambdas)
+int lvp_open_loras(const char *prog, const lm_weighted *v, size_t n, lm_lora ***out, float **lambdas, lm_err *err)
 {
     *out = calloc(n ? n : 1, sizeof **out);
     *lambdas = calloc(n ? n : 1, sizeof **lambdas);
-    if (!*out || !*lambdas) { free(*out); free(*lambdas); return LM_EXIT_INTERNAL; }
+    if (!*out || !*lambdas) {
+        free(*out);
+        free(*lambdas);
+        *out = NULL;
+        *lambdas = NULL;
+        lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
+        return lm_cli_fail(prog, err);
+    }
     for (size_t i = 0; i < n; i++) {
-        lm_err err;
         (*lambdas)[i] = (float)v[i].lambda;
-        if (lm_lora_open(&(*out)[i], v[i].path, NULL, &err)) {
-            lm_err_file(&err, v[i].path);
+        if (lm_lora_open(&(*out)[i], v[i].path, NULL, err)) {
+            lm_err_file(err, v[i].path);
             lvp_close_loras(*out, *lambdas, n);
             *out = NULL;
             *lambdas = NULL;
-            return lm_cli_fail(prog, &err);
+            return lm_cli_fail(prog, err);
         }
     }
     return 0;

@@ -7,8 +7,9 @@
 #include "libmerge/verify.h"
 
 /* The fields every verification report has (ok, output, operation, inputs, problems,
- * seconds) into o. */
-void lvp_json_common(cJSON *o, const lm_verify_report *r);
+ * seconds) into o; with err (the run stopped on it; NULL when it did not) also "error"
+ * and "exit_status" (lm_cli_json_error), so that --json prints one object either way. */
+void lvp_json_common(cJSON *o, const lm_verify_report *r, const lm_err *err);
 /* Prints cJSON o on stdout (two-space free, one object) and deletes it. */
 void lvp_json_print(cJSON *o);
 /* Text: the inputs block and the problems block, then the verdict line. */
@@ -19,10 +20,13 @@ void lvp_text_name(const char *name);
 /* lm_verify_bake or lm_verify_lora. */
 typedef int (*lvp_verify_fn)(const char *target, const lm_verify_opts *o, lm_verify_report *r, lm_err *err);
 /* Runs fn on target with o (progress on a terminal unless json), prints the report
- * with text or json_out, frees it. Returns the exit status: 0 verified, 1 a check
- * failed, or lm_cli_fail's for an error (3 bad input, 4 I/O, 5 internal). */
+ * with text or json_out, frees it; when fn fails, the error on stderr and, with json,
+ * json_out's report (as far as it got) with the error. Returns the exit status: 0
+ * verified, 1 a check failed, or lm_cli_fail's for an error (3 bad input, 4 I/O,
+ * 5 internal). */
 int lvp_run_verify(const char *prog, lvp_verify_fn fn, const char *target, lm_verify_opts *o, int json,
-                   void (*text)(const lm_verify_report *), void (*json_out)(const lm_verify_report *));
+                   void (*text)(const lm_verify_report *),
+                   void (*json_out)(const lm_verify_report *, const lm_err *err));
 /* The rendering options of compare and sweep, for their getopt_long tables
  * (include <getopt.h>); lvp_render_option handles them. */
 #define LVP_RENDER_LONGOPTS                                                                      \
@@ -47,9 +51,10 @@ int lvp_parse_double(const char *prog, const char *opt, const char *s, double *o
 
 /* "WxH" (multiples of 8, 8..4096) or a usage error. */
 int lvp_parse_size(const char *prog, const char *s, int *w, int *h);
-/* Opens every LoRA of v (n); closes on error. 0 or the exit status (printed). */
+/* Opens every LoRA of v (n); closes on error. 0 or the exit status (printed; the
+ * error also in *err for a --json report). */
 #include "libmerge/lora.h"
-int lvp_open_loras(const char *prog, const lm_weighted *v, size_t n, lm_lora ***out, float **lambdas);
+int lvp_open_loras(const char *prog, const lm_weighted *v, size_t n, lm_lora ***out, float **lambdas, lm_err *err);
 void lvp_close_loras(lm_lora **l, float *lambdas, size_t n);
 /* Before any work: the output out must not be an input (model, base, the LoRAs of l,
  * r's VAE, text encoder and vocabulary; same file by name or inode) nor a directory,

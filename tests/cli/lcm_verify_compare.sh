@@ -114,3 +114,29 @@ head -c $(( $(stat -c %s $T/mex.safetensors) - 64 )) $T/mex.safetensors >$T/mcut
 out=$("$LV" lora $T/mcut.safetensors --from $A:0.8 $B:-0.5 --json); rc=$?
 check lora_truncated_exit [ "$rc" = 1 ]
 check lora_truncated_kind has "$out" '"kind":	"output"'
+
+# --- --json when an input is missing or unreadable: one JSON object on stdout all the same
+# ("ok": false, "error" naming the file, "exit_status" = the exit status), as lcm-bake,
+# lora-merge, model-convert and model-inspect do ---
+json_err() {  # name, expected exit status, text the error names, lcm-verify args…
+    local name=$1 want=$2 file=$3; shift 3
+    local out; out=$("$LV" "$@" --json 2>/dev/null); local rc=$?
+    check "${name}_exit" [ "$rc" = "$want" ]
+    check "${name}_object" "$PY" -c '
+import json, sys
+o = json.loads(sys.argv[1])
+assert o["ok"] is False and sys.argv[3] in o["error"] and o["exit_status"] == int(sys.argv[2]), o' "$out" "$want" "$file"
+}
+json_err json_error_bake_missing 4 $T/nope.safetensors bake $T/nope.safetensors
+json_err json_error_bake_base_missing 4 $T/nobase.safetensors bake $T/tiny16.safetensors --base $T/nobase.safetensors -l $A
+json_err json_error_bake_random 3 $T/random.safetensors bake $T/tiny16.safetensors --base $T/random.safetensors -l $A
+json_err json_error_lora_missing 4 $T/nope.safetensors lora $T/nope.safetensors --from $A
+json_err json_error_lora_not_a_lora 3 $T/tiny.safetensors lora $T/tiny.safetensors --from $A:0.8
+json_err json_error_compare_lora_missing 4 $T/nolora.safetensors \
+    compare $T/tiny16.safetensors --base $T/tiny.safetensors -l $T/nolora.safetensors $LONG
+json_err json_error_compare_baked_missing 4 $T/nope.safetensors \
+    compare $T/nope.safetensors --base $T/tiny.safetensors -l $A $LONG
+json_err json_error_sweep_model_missing 4 $T/nope.safetensors \
+    sweep $T/nope.safetensors -l $A $LONG --steps 1 --lambda 1 -o $T/g3.png
+json_err json_error_sweep_lora_random 3 $T/random.safetensors \
+    sweep $T/tiny.safetensors -l $T/random.safetensors $LONG --steps 1 --lambda 1 -o $T/g4.png
