@@ -20,7 +20,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: lcm-verify compare BAKED --base BASE -l LORA[:λ] [-l …] [--lcm LORA[:λ]]\n"
-            "                          [--prompt P] [--negative P] [--seed S] [--steps K] [--guidance G]\n"
+            "                          [--prompt P] [--negative-prompt N] [--seed S] [--steps K] [--guidance G]\n"
             "                          [--size WxH] [--vae FILE] [--text-encoder FILE] [--vocab FILE]\n"
             "                          [--amplification C] [-o SIDE_BY_SIDE.png] [--json]\n"
             "Renders BAKED and BASE + LoRAs at load with the same prompt, seed and steps and\n"

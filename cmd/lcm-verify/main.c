@@ -32,7 +32,14 @@ int main(int argc, char **argv)
     if (argc < 2) { usage(stderr); return LM_EXIT_USAGE; }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) { usage(stdout); return 0; }
     for (size_t i = 0; i < sizeof k_subs / sizeof k_subs[0]; i++)
-        if (!strcmp(argv[1], k_subs[i].name)) return k_subs[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], k_subs[i].name)) {
+            /* getopt names argv[0] in its messages: "lcm-verify compare: unrecognized
+             * option", like the subcommands' own errors, not "compare: …" */
+            static char prog[64];
+            snprintf(prog, sizeof prog, "lcm-verify %s", k_subs[i].name);
+            argv[1] = prog;
+            return k_subs[i].fn(argc - 1, argv + 1);
+        }
     fprintf(stderr, "lcm-verify: unknown subcommand '%s' (see lcm-verify --help)\n", argv[1]);
     return LM_EXIT_USAGE;
 }

@@ -47,7 +47,8 @@ int lv_render(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "lora", required_argument, 0, 'l' }, { "prompt", required_argument, 0, 'p' },
-        { "negative-prompt", required_argument, 0, 'n' }, { "seed", required_argument, 0, 's' },
+        { "negative-prompt", required_argument, 0, 'n' }, { "negative", required_argument, 0, 'n' },
+        { "seed", required_argument, 0, 's' },
         { "steps", required_argument, 0, 'k' }, { "guidance", required_argument, 0, 'g' },
         { "size", required_argument, 0, 'z' }, { "clip-skip", required_argument, 0, 'c' },
         { "vae", required_argument, 0, 'V' }, { "text-encoder", required_argument, 0, 'T' },

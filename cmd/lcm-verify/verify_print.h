@@ -30,7 +30,8 @@ int lvp_run_verify(const char *prog, lvp_verify_fn fn, const char *target, lm_ve
 /* The rendering options of compare and sweep, for their getopt_long tables
  * (include <getopt.h>); lvp_render_option handles them. */
 #define LVP_RENDER_LONGOPTS                                                                      \
-    { "prompt", required_argument, NULL, 'p' }, { "negative", required_argument, NULL, 'n' },    \
+    { "prompt", required_argument, NULL, 'p' }, { "negative-prompt", required_argument, NULL, 'n' }, \
+    { "negative", required_argument, NULL, 'n' }, /* render's spelling first; the old one kept */ \
     { "seed", required_argument, NULL, 'S' }, { "guidance", required_argument, NULL, 'g' },      \
     { "size", required_argument, NULL, 'z' }, { "vae", required_argument, NULL, 'V' },           \
     { "text-encoder", required_argument, NULL, 'T' }, { "vocab", required_argument, NULL, 'c' }

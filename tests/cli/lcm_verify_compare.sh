@@ -140,3 +140,24 @@ json_err json_error_sweep_model_missing 4 $T/nope.safetensors \
     sweep $T/nope.safetensors -l $A $LONG --steps 1 --lambda 1 -o $T/g3.png
 json_err json_error_sweep_lora_random 3 $T/random.safetensors \
     sweep $T/tiny.safetensors -l $T/random.safetensors $LONG --steps 1 --lambda 1 -o $T/g4.png
+
+# --- --negative-prompt (render's name) in compare and sweep too, --negative kept as another name ---
+NG="$LONG --guidance 2 --steps 1 --lambda 1"
+"$LV" sweep $T/tiny.safetensors -l $A $NG --negative-prompt "blurry" -o $T/neg1.png >/dev/null 2>&1; rc=$?
+check sweep_negative_prompt_exit [ "$rc" = 0 ]
+"$LV" sweep $T/tiny.safetensors -l $A $NG --negative "blurry" -o $T/neg2.png >/dev/null 2>&1
+check sweep_negative_alias_same cmp -s $T/neg1.png $T/neg2.png
+"$LV" sweep $T/tiny.safetensors -l $A $NG -o $T/neg0.png >/dev/null 2>&1
+differ() { [ -s "$1" ] && [ -s "$2" ] && ! cmp -s "$1" "$2"; }
+check sweep_negative_prompt_used differ $T/neg0.png $T/neg1.png
+out=$("$LV" compare $T/tiny16.safetensors --base $T/tiny.safetensors -l $A:0.8 -l $B:-0.5 $LONG --guidance 2 \
+    --negative-prompt "blurry" --json 2>&1); rc=$?
+check compare_negative_prompt_exit [ "$rc" = 0 ]
+check compare_negative_prompt_ok has "$out" '"ok":	true'
+
+# --- getopt's messages name the subcommand as the program: "lcm-verify compare: …", not "compare: …" ---
+for sub in bake lora compare sweep unet schedule sample tokenize text-encode vae-decode render; do
+    err=$("$LV" $sub --no-such-option 2>&1 >/dev/null); rc=$?
+    check "prefix_${sub}_exit" [ "$rc" = 2 ]
+    check "prefix_${sub}" [ "${err%%$'\n'*}" = "lcm-verify $sub: unrecognized option '--no-such-option'" ]
+done
