@@ -87,7 +87,7 @@ int lv_render(int argc, char **argv)
         case 'z':
             if (sscanf(optarg, "%dx%d%c", &o.width, &o.height, (char[1]){ 0 }) != 2 || o.width < 8 || o.height < 8 ||
                 o.width % 8 || o.height % 8)
-                return lm_cli_usage_error(prog, "bad --size '%s' (WxH, multiples of 8; 64 for SD1.x)", optarg);
+                return lm_cli_usage_error(prog, "bad --size '%s' (WxH, sides multiples of 8)", optarg);
             break;
         case 'c':
             o.clip_skip = (int)strtol(optarg, &end, 10);

@@ -46,7 +46,7 @@ typedef struct lm_render_opts {
     int steps;                     /* K LCM steps, 1..original_steps (4) */
     int original_steps;            /* LCM distillation grid (50) */
     float guidance;                /* classifier-free guidance scale; <= 1: off (1) */
-    int width, height;             /* image size in pixels, multiples of 64 for SD1.x (512) */
+    int width, height;             /* image size in pixels, multiples of 8, 8..16384 (512) */
     int clip_skip;                 /* A1111 counting: 1 = last layer (1) */
     const char *vocab;             /* CLIP vocabulary path; NULL: lm_tokenizer_default_vocab */
     int vae_tile;                  /* lm_vae_decode_opts.tile: 0 automatic, < 0 never, > 0 latent tile */

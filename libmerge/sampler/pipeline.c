@@ -145,7 +145,7 @@ int lm_render_sources(const lm_render_models *models, const lm_lora *const *lora
     if (opts) o = *opts;
     memset(out, 0, sizeof *out);
     if (o.width < 8 || o.height < 8 || o.width % 8 || o.height % 8 || o.width > 16384 || o.height > 16384)
-        return lm_err_set(err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "image size %dx%d: sides must be multiples of 8 (64 for SD1.x)",
+        return lm_err_set(err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "image size %dx%d: sides must be multiples of 8, 8 to 16384",
                           o.width, o.height);
     if (o.steps < 1 || o.clip_skip < 1)
         return lm_err_set(err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "steps and clip skip must be at least 1");

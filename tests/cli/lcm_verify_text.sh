@@ -88,6 +88,13 @@ else no render_deterministic "exit $?: $(cat "$T/err")"; fi
 [ $rc -eq 2 ] && ok render_refuses_overwriting_input || no render_refuses_overwriting_input "exit $rc: $(cat "$T/err")"
 "${R[@]}" --seed 1 --size 60x64 -o "$T/x.png" 2>/dev/null; rc=$?
 [ $rc -eq 2 ] && [ ! -e "$T/x.png" ] && ok render_bad_size || no render_bad_size "exit $rc"
+# sides need be multiples of 8 only (the message once said "64 for SD1.x"): 72x56 renders
+"${R[@]}" --seed 1 --size 60x64 -o "$T/x.png" 2>"$T/err"
+grep -q "bad --size '60x64' (WxH, sides multiples of 8)" "$T/err" && ! grep -q "64 for" "$T/err" \
+  && ok render_bad_size_message || no render_bad_size_message "$(cat "$T/err")"
+if "${R[@]}" --seed 1 --size 72x56 -o "$T/s.png" 2>"$T/err"; then
+  grep -aq "Size: 72x56" "$T/s.png" && ok render_size_multiple_of_8 || no render_size_multiple_of_8 "no 'Size: 72x56' in the PNG"
+else no render_size_multiple_of_8 "exit $?: $(cat "$T/err")"; fi
 
 # outputs are checked before any work (lm_output_check, writer.h): a FIFO, a
 # directory, a LoRA or the vocabulary given as an output is refused (exit 2) and left as it was
