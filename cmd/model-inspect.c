@@ -66,7 +66,7 @@ static void print_kind(const lm_inspect *in)
     if (in->kind == LM_KIND_LORA) {
         printf("kind:        lora (%s convention)", lm_lora_convention_name(in->convention));
         if (in->algo[0]) {
-            printf(", algo %s, %zu modules (unet %zu, te %zu, te2 %zu)", in->algo, in->modules,
+            printf(", algo %s, %zu module%s (unet %zu, te %zu, te2 %zu)", in->algo, in->modules, in->modules == 1 ? "" : "s",
                    in->modules_by_component[LM_COMP_UNET], in->modules_by_component[LM_COMP_TE],
                    in->modules_by_component[LM_COMP_TE2]);
             if (in->rank_max) {

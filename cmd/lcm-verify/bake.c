@@ -40,8 +40,8 @@ static void text_report(const lm_verify_report *r)
     }
     printf("non-finite: %lld NaN, %lld Inf, %lld overflow\n", (long long)r->nan, (long long)r->inf, (long long)r->overflow);
     lvp_text_problems(r);
-    printf("%s: worst error/bound %.3g, %zu failed tensors, %.2f s\n", r->ok ? "VERIFIED" : "FAILED", r->worst_ratio,
-           r->failed, r->seconds);
+    printf("%s: worst error/bound %.3g, %zu failed tensor%s, %.2f s\n", r->ok ? "VERIFIED" : "FAILED", r->worst_ratio,
+           r->failed, r->failed == 1 ? "" : "s", r->seconds);
 }
 
 static void json_report(const lm_verify_report *r, const lm_err *err)

@@ -142,8 +142,8 @@ int lv_compare(int argc, char **argv)
     } else {
         if (json) json_report(&rep, baked, base, loras, nl, &r, png, NULL);
         else {
-            printf("compare: %s vs %s + %zu LoRA%s (seed %llu, %d steps, %dx%d)\n", baked, base, nl, nl == 1 ? "" : "s",
-                   (unsigned long long)r.opts.seed, r.opts.steps, rep.width, rep.height);
+            printf("compare: %s vs %s + %zu LoRA%s (seed %llu, %d step%s, %dx%d)\n", baked, base, nl, nl == 1 ? "" : "s",
+                   (unsigned long long)r.opts.seed, r.opts.steps, r.opts.steps == 1 ? "" : "s", rep.width, rep.height);
             printf("latent max |diff|: %.4g (tolerance %.4g for %s, latent scale %.3g)\n", rep.latent_max_abs, rep.latent_tol,
                    lm_dtype_name(rep.dtype), rep.latent_scale);
             printf("image PSNR: %.2f dB (minimum %.2f dB)\n", rep.psnr, rep.psnr_min);

@@ -41,8 +41,8 @@ static void text_report(const lm_verify_report *r)
         }
     }
     lvp_text_problems(r);
-    printf("%s: worst ratio %.3g, %zu failed modules, %.2f s\n", r->ok ? "VERIFIED" : "FAILED", r->worst_ratio, r->failed,
-           r->seconds);
+    printf("%s: worst ratio %.3g, %zu failed module%s, %.2f s\n", r->ok ? "VERIFIED" : "FAILED", r->worst_ratio, r->failed,
+           r->failed == 1 ? "" : "s", r->seconds);
 }
 
 static void json_report(const lm_verify_report *r, const lm_err *err)

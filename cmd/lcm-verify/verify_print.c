@@ -128,7 +128,8 @@ void lvp_text_inputs(const lm_verify_report *r)
         printf("  %-6s %s", in->role, in->path);
         if (strcmp(in->role, "base")) printf("  λ %.6g", in->lambda);
         if (in->convention)
-            printf("  %s, %zu modules, %zu matched, %zu unmatched", in->convention, in->modules, in->matched, in->unmatched);
+            printf("  %s, %zu module%s, %zu matched, %zu unmatched", in->convention, in->modules, in->modules == 1 ? "" : "s",
+                   in->matched, in->unmatched);
         printf("  sha256 %s\n", in->hash_ok < 0 ? (in->sha256[0] ? "not in a recipe" : "not checked")
                                 : in->hash_ok ? "= recipe" : "DIFFERS from the recipe");
     }

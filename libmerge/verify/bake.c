@@ -156,7 +156,8 @@ static int gather_inputs(vctx *v, const lm_recipe *rec, int have)
             goto from_recipe;
         if (have) {
             if (rec->n_inputs != o->n_loras + 1)
-                lmv_problem(rep, "recipe", v->out, "the recipe lists %zu LoRAs, the command line %zu", rec->n_inputs - 1, o->n_loras);
+                lmv_problem(rep, "recipe", v->out, "the recipe lists %zu LoRA%s, the command line %zu",
+                            rec->n_inputs - 1, rec->n_inputs == 2 ? "" : "s", o->n_loras);
             for (size_t i = 0; i < o->n_loras && i + 1 < rec->n_inputs; i++)
                 if (rec->inputs[i + 1].lambda != o->loras[i].lambda)
                     lmv_problem(rep, "recipe", o->loras[i].path, "λ %.9g on the command line, %.9g in the recipe",
@@ -452,8 +453,8 @@ static int check_touched(vctx *v, size_t ot, size_t bt)
         bad |= lmv_problem(rep, "nonfinite", oe->name, "%lld NaN and %lld Inf where the base is finite",
                            (long long)vt->nan, (long long)(vt->inf - vt->overflow));
     if (vt->over)
-        bad |= lmv_problem(rep, "tensor", oe->name, "%lld elements over the rounding bound (max |error| %.3g, %.3g × bound): %s",
-                           (long long)vt->over, vt->max_abs, vt->ratio, vt->diagnosis);
+        bad |= lmv_problem(rep, "tensor", oe->name, "%lld element%s over the rounding bound (max |error| %.3g, %.3g × bound): %s",
+                           (long long)vt->over, vt->over == 1 ? "" : "s", vt->max_abs, vt->ratio, vt->diagnosis);
     if (vt->overflow || vt->nan || vt->inf || vt->over) { vt->ok = 0; rep->failed++; }
     return bad ? oom(v->err) : 0;
 }
@@ -504,8 +505,8 @@ static int check_untouched(vctx *v, size_t ot, size_t bt)
             rep->inf += vt->inf;
         }
         snprintf(vt->diagnosis, sizeof vt->diagnosis, "no LoRA module targets it, yet its bytes differ from the base's");
-        bad = lmv_problem(rep, "copy", oe->name, "untouched tensor differs from the base (%lld elements, max |difference| %.3g)",
-                          (long long)vt->over, vt->max_abs);
+        bad = lmv_problem(rep, "copy", oe->name, "untouched tensor differs from the base (%lld element%s, max |difference| %.3g)",
+                          (long long)vt->over, vt->over == 1 ? "" : "s", vt->max_abs);
     }
     chunk_close(&co);
     chunk_close(&cb);

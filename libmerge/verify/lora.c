@@ -171,8 +171,8 @@ static int check_module(lctx *c, const key *km, const key *ks, size_t nk)
                                    "relative error %.4g over %.4g (rank-%d optimum %.4g): not the truncated SVD of Σ λ·ΔW",
                                    vm->rel, vm->tol, mm->rank, vm->optimum)
                      : lmv_problem(c->rep, "module", km->name,
-                                   "ΔW differs from Σ λ·ΔW of its %zu sources: max |error| %.3g, %.3g × bound, relative %.3g",
-                                   nk, vm->max_abs, vm->ratio, vm->rel)) ? oom(c->err) : 0;
+                                   "ΔW differs from Σ λ·ΔW of its %zu source%s: max |error| %.3g, %.3g × bound, relative %.3g",
+                                   nk, nk == 1 ? "" : "s", vm->max_abs, vm->ratio, vm->rel)) ? oom(c->err) : 0;
     }
     if (vm->ratio > c->rep->worst_ratio) c->rep->worst_ratio = vm->ratio;
     free(E); free(M); free(T); free(B); free(rn); free(cn);
@@ -187,7 +187,8 @@ static int gather(const char *merged, const lm_verify_opts *o, const lm_recipe *
         for (size_t i = 0; i < o->n_loras; i++)
             if (!lmv_add_input(rep, o->loras[i].path, "source", o->loras[i].lambda)) return oom(err);
         if (have && rec->n_inputs != o->n_loras)
-            lmv_problem(rep, "recipe", merged, "the recipe lists %zu sources, the command line %zu", rec->n_inputs, o->n_loras);
+            lmv_problem(rep, "recipe", merged, "the recipe lists %zu source%s, the command line %zu", rec->n_inputs,
+                        rec->n_inputs == 1 ? "" : "s", o->n_loras);
         for (size_t i = 0; have && i < o->n_loras && i < rec->n_inputs; i++)
             if (rec->inputs[i].lambda != o->loras[i].lambda)
                 lmv_problem(rep, "recipe", o->loras[i].path, "λ %.9g on the command line, %.9g in the recipe",
@@ -292,8 +293,8 @@ int lm_verify_lora(const char *merged, const lm_verify_opts *opts, lm_verify_rep
         size_t nsrc = km ? b - a - 1 : b - a;
         if (!km) {
             rep->failed++;
-            rc = lmv_problem(rep, "missing", keys[a].name, "module of %s (%zu sources) is not in the merged LoRA",
-                             rep->inputs[keys[a].src].path, nsrc) ? oom(err) : 0;
+            rc = lmv_problem(rep, "missing", keys[a].name, "module of %s (%zu source%s) is not in the merged LoRA",
+                             rep->inputs[keys[a].src].path, nsrc, nsrc == 1 ? "" : "s") ? oom(err) : 0;
         } else if (!nsrc) {
             rep->failed++;
             rc = lmv_problem(rep, "extra", km->name, "module of the merged LoRA is in none of its sources") ? oom(err) : 0;

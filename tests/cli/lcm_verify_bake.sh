@@ -46,12 +46,21 @@ out=$("$LV" bake $T/a16.safetensors --base $BASE -l $A:0.8 -l $B:-0.5 --json); r
 check dropped_exit [ "$rc" = 1 ]
 check dropped_kind has "$out" '"kind":	"tensor"'
 check dropped_diag has "$out" "ΔW missing: unet.up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v"
-check dropped_recipe has "$out" "the recipe lists 1 LoRAs, the command line 2"
+check dropped_recipe has "$out" "the recipe lists 1 LoRA, the command line 2"
 # --- λ applied twice (baked 0.8, claimed 0.4) ---
 out=$("$LV" bake $T/a16.safetensors --base $BASE -l $A:0.4); rc=$?
 check twice_exit [ "$rc" = 1 ]
 check twice_diag has "$out" "λ applied twice"
 check twice_verdict has "$out" "FAILED:"
+# --- one module, one failed tensor: singular counts ("1 module", "1 failed tensor", "1 LoRA") ---
+H=fixtures/bake/lora_alpha_huge.safetensors
+"$BAKE" $BASE -l $H:1 -o $T/one.safetensors >/dev/null 2>&1
+out=$("$LV" bake $T/one.safetensors --base $BASE -l $H:0.5); rc=$?
+check one_exit [ "$rc" = 1 ]
+check one_module has "$out" "kohya, 1 module, 1 matched, 0 unmatched"
+check one_failed_tensor has "$out" ", 1 failed tensor, "
+lacks_re() { ! grep -qE -- "$2" <<<"$1"; }
+check one_no_plural_of_one lacks_re "$out" '(^|[^0-9.])1 (modules|failed tensors|LoRAs|elements|sources)\b'
 # --- fp16 overflow ---
 "$BAKE" $BASE -l fixtures/bake/lora_overflow.safetensors --dtype fp16 -o $T/ov.safetensors >/dev/null 2>&1
 out=$("$LV" bake $T/ov.safetensors $S --json); rc=$?

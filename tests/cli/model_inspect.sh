@@ -30,6 +30,8 @@ check summary_metadata has "$out" "  format: pt"
 out=$("$MI" $R/sd15_lycoris_lokr_fp16.safetensors)
 check lycoris_kind has "$out" "kind:        lora (kohya convention), algo lokr, 350 modules (unet 278, te 72, te2 0), rank 4"
 check lycoris_long_value_cut has "$out" "… (15281 bytes)"
+o1=$("$MI" fixtures/bake/lora_alpha_huge.safetensors)
+check one_module_singular has "$o1" "algo lora, 1 module (unet 1, te 0, te2 0)"
 
 # --- hashes: against sha256sum and kohya's own sshs_model_hash ---
 out=$("$MI" --hash $R/sd15_lycoris_lokr_fp16.safetensors)
