@@ -32,6 +32,17 @@ check model_convert_unwritable_dir 4 "$MC" fixtures/torch/zip_dtypes.pt -o "$T/n
 
 check model_convert_layout 0 "$MC" fixtures/golden/sd15/vae_ldm.safetensors -o "$T/vae.safetensors" --layout diffusers
 if grep -q 'layout ldm -> diffusers' "$T/out"; then echo "PASS model_convert_layout_summary"; else echo "FAIL model_convert_layout_summary: $(cat "$T/out")"; fi
+# --json with --layout: from_layout/to_layout (model-convert(1) lists them); absent without --layout
+check model_convert_layout_json 0 "$MC" fixtures/golden/sd15/vae_ldm.safetensors -o "$T/vae2.safetensors" --layout diffusers --json
+if /usr/bin/env python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["from_layout"]=="ldm" and d["to_layout"]=="diffusers" else 1)' "$T/out" 2>/dev/null; then
+  echo "PASS model_convert_layout_json_fields"; else echo "FAIL model_convert_layout_json_fields: $(head -c 300 "$T/out")"; fi
+check model_convert_json_no_layout 0 "$MC" fixtures/torch/zip_dtypes.pt -o "$T/nl.safetensors" --json
+if /usr/bin/env python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if "from_layout" not in d and "to_layout" not in d else 1)' "$T/out" 2>/dev/null; then
+  echo "PASS model_convert_json_no_layout_fields"; else echo "FAIL model_convert_json_no_layout_fields: $(head -c 300 "$T/out")"; fi
+# --json on failure: error and exit_status (lm_cli_json_error)
+check model_convert_json_missing 4 "$MC" "$T/none.pt" -o "$T/none.safetensors" --json
+if /usr/bin/env python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["ok"] is False and "none.pt" in d["error"] and d["exit_status"]==4 else 1)' "$T/out" 2>/dev/null; then
+  echo "PASS model_convert_json_error_fields"; else echo "FAIL model_convert_json_error_fields: $(head -c 300 "$T/out")"; fi
 
 # the report on stdout is part of the result: a full stdout is an I/O error (exit 4), named
 if [ -w /dev/full ]; then
