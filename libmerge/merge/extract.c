@@ -10,7 +10,6 @@
 #include "lora_write.h"
 #include "meta.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,13 +26,8 @@ typedef struct xmod {
 typedef struct xjob {
     const lm_source *base, *tuned;
     xmod *m;
-    size_t n, next, done;
+    size_t n;
     int rank;
-    pthread_mutex_t mu;
-    lm_progress_fn progress;
-    void *progress_ctx;
-    int rc;
-    lm_err err;
 } xjob;
 
 static int ends(const char *s, const char *suf)
@@ -128,28 +122,16 @@ out:
     return rc;
 }
 
-static void *worker(void *arg)
+static int extract_task(void *ctx, size_t i, lm_err *err)
 {
-    xjob *J = arg;
-    for (;;) {
-        pthread_mutex_lock(&J->mu);
-        size_t i = J->next++;
-        int stop = J->rc != 0;
-        pthread_mutex_unlock(&J->mu);
-        if (stop || i >= J->n) break;
-        lm_err e;
-        lm_err_clear(&e);
-        int rc = extract_one(J, &J->m[i], &e);
-        pthread_mutex_lock(&J->mu);
-        if (rc) {
-            lm_err_key(&e, lm_source_entry(J->base, J->m[i].bt)->name);
-            if (!J->rc) { J->rc = rc; J->err = e; }
-        } else if (J->progress) {
-            J->progress(J->progress_ctx, "modules", ++J->done, J->n);
-        }
-        pthread_mutex_unlock(&J->mu);
-    }
-    return NULL;
+    xjob *J = ctx;
+    return extract_one(J, &J->m[i], err);
+}
+
+static const char *extract_key(void *ctx, size_t i)
+{
+    xjob *J = ctx;
+    return lm_source_entry(J->base, J->m[i].bt)->name;
 }
 
 static double now(void)
@@ -223,20 +205,7 @@ int lm_lora_extract(const char *base, const char *tuned, const char *out,
     J.base = bs;
     J.tuned = ts;
     J.rank = o.rank;
-    J.progress = o.progress;
-    J.progress_ctx = o.progress_ctx;
-    pthread_mutex_init(&J.mu, NULL);
-    int nth = lmm_threads(o.threads), started = 0;
-    if ((size_t)nth > J.n) nth = J.n ? (int)J.n : 1;
-    int blas = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    pthread_t th[64];
-    for (int i = 0; i < nth; i++) { if (pthread_create(&th[i], NULL, worker, &J)) break; started++; }
-    if (!started) worker(&J);
-    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
-    openblas_set_num_threads(blas);
-    pthread_mutex_destroy(&J.mu);
-    if (J.rc) { *err = J.err; rc = J.rc; goto done; }
+    if ((rc = lmm_run_tasks(J.n, o.threads, extract_task, extract_key, &J, o.progress, o.progress_ctx, err))) goto done;
 
     om = calloc(J.n ? J.n : 1, sizeof *om);
     rep->modules = calloc(J.n ? J.n : 1, sizeof *rep->modules);

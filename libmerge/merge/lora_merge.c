@@ -15,7 +15,6 @@
 
 #include <ctype.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,12 +45,6 @@ typedef struct job {
     group *g;
     size_t ng;
     int rank;
-    size_t next, done;
-    pthread_mutex_t mu;
-    int rc;
-    lm_err err;
-    lm_progress_fn progress;
-    void *progress_ctx;
 } job;
 
 static int cmp_entry(const void *a, const void *b)
@@ -250,51 +243,15 @@ static int compute_group(job *J, group *g, lm_err *err)
     return rc;
 }
 
-static void *worker(void *arg)
+static int group_task(void *ctx, size_t i, lm_err *err)
 {
-    job *J = arg;
-    for (;;) {
-        pthread_mutex_lock(&J->mu);
-        size_t i = J->next++;
-        int stop = J->rc != 0;
-        pthread_mutex_unlock(&J->mu);
-        if (stop || i >= J->ng) break;
-        lm_err e;
-        lm_err_clear(&e);
-        int rc = compute_group(J, &J->g[i], &e);
-        pthread_mutex_lock(&J->mu);
-        if (rc) {
-            lm_err_key(&e, J->g[i].key);
-            if (!J->rc) { J->rc = rc; J->err = e; }
-        } else if (J->progress) {
-            J->progress(J->progress_ctx, "modules", ++J->done, J->ng);
-        }
-        pthread_mutex_unlock(&J->mu);
-    }
-    return NULL;
+    job *J = ctx;
+    return compute_group(J, &J->g[i], err);
 }
 
-/* Runs compute_group over every group on `threads` workers, OpenBLAS single-threaded. */
-static int run_groups(job *J, int threads, lm_err *err)
+static const char *group_key(void *ctx, size_t i)
 {
-    int nth = lmm_threads(threads);
-    if ((size_t)nth > J->ng) nth = (int)(J->ng ? J->ng : 1);
-    pthread_mutex_init(&J->mu, NULL);
-    int blas = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    pthread_t *th = calloc((size_t)nth, sizeof *th);
-    int started = 0;
-    for (int i = 0; th && i < nth; i++) {
-        if (pthread_create(&th[i], NULL, worker, J)) break;
-        started++;
-    }
-    if (!started) worker(J);
-    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
-    free(th);
-    openblas_set_num_threads(blas);
-    pthread_mutex_destroy(&J->mu);
-    if (J->rc) { *err = J->err; return J->rc; }
-    return 0;
+    return ((job *)ctx)->g[i].key;
 }
 
 static lm_dtype widest_dtype(lm_lora **loras, size_t n)
@@ -381,8 +338,6 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
     memset(&J, 0, sizeof J);
     J.in = inputs;
     J.rank = o.rank;
-    J.progress = o.progress;
-    J.progress_ctx = o.progress_ctx;
     J.loras = calloc(n, sizeof *J.loras);
     entry *ents = NULL;
     size_t ne = 0;
@@ -457,7 +412,7 @@ int lm_lora_merge(const lm_weighted *inputs, size_t n, const char *out,
         }
         J.g[J.ng - 1].np++;
     }
-    rc = run_groups(&J, o.threads, err);
+    rc = lmm_run_tasks(J.ng, o.threads, group_task, group_key, &J, o.progress, o.progress_ctx, err);
     if (rc) { free(parts); goto done; }
     /* names, report */
     const char *te_prefix = (te1 || te2) ? "lora_te1_" : "lora_te_";

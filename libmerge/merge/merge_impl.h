@@ -66,6 +66,19 @@ void lmm_release_pages(const void *p, size_t n);
 /* Number of worker threads for opts->threads (0: online CPUs, at most 64). */
 int lmm_threads(int requested);
 
+/* One task of lmm_run_tasks: work item i; returns 0 or an LM_E* code with err set. */
+typedef int (*lmm_task_fn)(void *ctx, size_t i, lm_err *err);
+/* The key (module or tensor name) an error of item i is about. */
+typedef const char *(*lmm_task_key_fn)(void *ctx, size_t i);
+
+/* Runs fn(ctx, i) for every i in [0, n) on lmm_threads(threads) workers,
+ * OpenBLAS single-threaded meanwhile (tasks call sgemm/LAPACK themselves).
+ * After the first failure no new item starts; that failure is returned with
+ * key(ctx, i) added to its lm_err. progress (may be NULL) is called under a
+ * lock after each item that succeeds ("modules", done, n). */
+int lmm_run_tasks(size_t n, int threads, lmm_task_fn fn, lmm_task_key_fn key, void *ctx,
+                  lm_progress_fn progress, void *progress_ctx, lm_err *err);
+
 /* Normalised module key for matching LoRAs without a base (lora-merge):
  * "<component>:<path with . → _>", convention prefixes and factor suffixes removed,
  * attention-processor spellings (processor.to_q_lora, to_out_lora) mapped to the
