@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <cblas.h>
 
 typedef struct xmod {
     size_t bt, tt;           /* tensor index in base and tuned */
