@@ -21,13 +21,6 @@ static void usage(FILE *f)
             "OUT as safetensors. See lcm-bake(1).\n");
 }
 
-static void progress(void *ctx, const char *what, size_t done, size_t total)
-{
-    (void)ctx;
-    if (done == total || done % 16 == 0) fprintf(stderr, "\r%s: %s %zu/%zu", PROG, what, done, total);
-    if (done == total) fputc('\n', stderr);
-}
-
 static void print_json(const char *out, const lm_bake_report *r, int ok, const lm_err *err)
 {
     cJSON *o = cJSON_CreateObject();
@@ -179,7 +172,7 @@ int main(int argc, char **argv)
     /* tensor-sized buffers come and go: keep them out of the heap, so freed memory
      * goes back to the system instead of raising glibc's dynamic mmap threshold */
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
-    if (!json && lm_cli_progress_enabled()) o.progress = progress;
+    if (!json && lm_cli_progress_enabled()) { o.progress = lm_cli_progress; o.progress_ctx = (void *)PROG; }
     lm_bake_report r;
     lm_err err;
     lm_err_clear(&err);

@@ -22,13 +22,6 @@ static void usage(FILE *f)
             "See lora-merge(1).\n");
 }
 
-static void progress(void *ctx, const char *what, size_t done, size_t total)
-{
-    (void)ctx;
-    if (done == total || done % 8 == 0) fprintf(stderr, "\r%s: %s %zu/%zu", PROG, what, done, total);
-    if (done == total) fputc('\n', stderr);
-}
-
 static void print_json(const char *out, const lm_lmerge_report *r, int ok, const lm_err *err, int rank, const char *warning)
 {
     cJSON *o = cJSON_CreateObject();
@@ -146,7 +139,7 @@ int main(int argc, char **argv)
     if (!extract && argc - optind < 1) return lm_cli_usage_error(PROG, "no input LoRA");
     lm_atomic_install_signal_handlers();
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
-    if (!json && lm_cli_progress_enabled()) o.progress = progress;
+    if (!json && lm_cli_progress_enabled()) { o.progress = lm_cli_progress; o.progress_ctx = (void *)PROG; }
     lm_lmerge_report r;
     lm_err err;
     lm_err_clear(&err);

@@ -60,6 +60,12 @@ int lm_cli_parse_dtype(const char *s, lm_dtype *dt);
  * string, no trailing text). Returns 0, or LM_EUSAGE. */
 int lm_cli_parse_int(const char *s, long min, long max, long *v);
 
+/* A progress callback for the library's lm_progress_fn-style hooks: ctx is
+ * the program name (const char *). Draws "\rPROG: WHAT done/total" on stderr
+ * when the whole percentage changes and at the end (then a newline). Call
+ * only when lm_cli_progress_enabled(). */
+void lm_cli_progress(void *prog, const char *what, size_t done, size_t total);
+
 /* Non-zero when stderr is a terminal (progress output goes there only then). */
 int lm_cli_progress_enabled(void);
 

@@ -121,6 +121,14 @@ int lm_cli_parse_int(const char *s, long min, long max, long *v)
     return 0;
 }
 
+void lm_cli_progress(void *prog, const char *what, size_t done, size_t total)
+{
+    /* redraw only when the percentage moves: a 1,000-tensor model paints 100 times */
+    if (done != total && total && (done * 100 / total) == ((done - 1) * 100 / total)) return;
+    fprintf(stderr, "\r%s: %s %zu/%zu", (const char *)prog, what, done, total);
+    if (done == total) fputc('\n', stderr);
+}
+
 int lm_cli_progress_enabled(void)
 {
     return isatty(STDERR_FILENO);
