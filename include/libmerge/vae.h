@@ -63,10 +63,14 @@ typedef struct lm_weights lm_weights;   /* libmerge/sampler/weights.h: a weight 
  * (may be NULL) names the file in errors. Errors: LM_EINPUT (no VAE
  * decoder; a missing or misshapen tensor, named), LM_ENOMEM, LM_EIO. */
 int lm_vae_load(lm_vae **out, lm_weights *w, const char *path, lm_err *err);
-/* The same from a source (a checkpoint or a VAE file): opens a weight set
- * for "vae" over src without LoRAs, loads, closes it. */
+/* The same from a source (a checkpoint in either layout, or a standalone VAE
+ * file): opens a weight set for "vae" over src without LoRAs, loads, closes
+ * it. Errors: those of lm_vae_load, named with lm_source_path(src). */
 int lm_vae_load_source(lm_vae **out, const lm_source *src, lm_err *err);
+/* Frees the decoder and its fp32 weights; safe on NULL. */
 void lm_vae_free(lm_vae *v);
+/* The hyper-parameters read from the weights' shapes (channels per level,
+ * levels, latent channels); owned by v, valid until lm_vae_free. */
 const lm_vae_config *lm_vae_config_of(const lm_vae *v);
 
 typedef struct lm_vae_decode_opts {

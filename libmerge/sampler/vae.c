@@ -264,6 +264,7 @@ int lm_vae_load_source(lm_vae **out, const lm_source *src, lm_err *err)
     *out = NULL;
     int rc = lm_weights_open(&w, src, "vae", NULL, NULL, 0, err);
     if (!rc) rc = lm_vae_load(out, w, lm_source_path(src), err);
+    if (rc) lm_err_file(err, lm_source_path(src));
     lm_weights_close(w);
     return rc;
 }
