@@ -10,7 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cJSON.h>
-#include <openssl/evp.h>
+#include "support/data_sha256.h"
 #include "test.h"
 #include "libmerge/merge.h"
 #include "libmerge/source.h"
@@ -507,21 +507,8 @@ static void test_bake_recipe_and_metadata(void)
     /* modelspec.hash_sha256 = SHA-256 of the data area, recomputed here */
     const char *h = lm_source_meta_get(s, "modelspec.hash_sha256");
     CHECK(h && !strncmp(h, "0x", 2) && !strcmp(h + 2, data_sha));
-    FILE *f = fopen(out, "rb");
-    CHECK(f);
-    fseek(f, (long)lm_source_data_start(s), SEEK_SET);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) EVP_DigestUpdate(ctx, buf, n);
-    fclose(f);
-    unsigned char md[32];
-    unsigned int mdn;
-    EVP_DigestFinal_ex(ctx, md, &mdn);
-    EVP_MD_CTX_free(ctx);
     char hex[65];
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    CHECK(t_sha256_from(out, lm_source_data_start(s), hex) == 0);
     CHECK_EQ_STR(h + 2, hex);
     lm_source_close(s);
 }

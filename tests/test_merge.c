@@ -5,7 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cJSON.h>
-#include <openssl/evp.h>
+#include "support/data_sha256.h"
 #include "test.h"
 #include "libmerge/merge.h"
 #include "libmerge/lora.h"
@@ -215,21 +215,8 @@ static void test_svd_conv3x3_locon_shapes(void)
     CHECK_EQ_STR(lm_source_meta_get(s, "ss_network_dim"), "2");
     CHECK_EQ_STR(lm_source_meta_get(s, "ss_network_alpha"), "2");
     /* kohya's sshs_model_hash and ModelSpec's hash_sha256 describe this file's data */
-    FILE *f = fopen(out, "rb");
-    CHECK(f);
-    fseek(f, (long)lm_source_data_start(s), SEEK_SET);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) EVP_DigestUpdate(ctx, buf, n);
-    fclose(f);
-    unsigned char md[32];
-    unsigned int mdn;
-    EVP_DigestFinal_ex(ctx, md, &mdn);
-    EVP_MD_CTX_free(ctx);
     char hex[65], hex0x[67];
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    CHECK(t_sha256_from(out, lm_source_data_start(s), hex) == 0);
     snprintf(hex0x, sizeof hex0x, "0x%s", hex);
     CHECK_EQ_STR(lm_source_meta_get(s, "sshs_model_hash"), hex);
     CHECK_EQ_STR(lm_source_meta_get(s, "modelspec.hash_sha256"), hex0x);

@@ -4,6 +4,7 @@
 # output or temporary file left behind by a refusal. Inputs: fixtures/golden/sd15/unet_ldm
 # (a tiny SD1.5 UNet, LDM layout) and the LoRAs of fixtures/bake/. One PASS/FAIL per check.
 set -u
+. tests/support/cli.sh
 BIN=${BIN:-bin}
 T=$(mktemp -d); trap 'rm -rf "$T" "$T.xdg"' EXIT
 # the SHA-256 cache (lcm-bake(1) ENVIRONMENT) never in the real home, even when run alone
@@ -106,10 +107,7 @@ rm -f "$T/u.safetensors"
 
 # lcm-bake(1) documents every option --help lists, the hashing default and the thread cap
 man=$(sed 's/\\-/-/g; s/\\f[BIR]//g' man/man1/lcm-bake.1)
-missing=
-for opt in $("$BIN/lcm-bake" --help | grep -o -- '--[a-z-]*' | sort -u); do
-  echo "$man" | grep -q -- "$opt" || missing="$missing $opt"
-done
+missing=$(man_missing_options "$BIN/lcm-bake" man/man1/lcm-bake.1)
 if [ -z "$missing" ] && echo "$man" | grep -q "Hashing is on by default" && echo "$man" | grep -q "capped at 64"; then
   pass lcm_bake_man_matches_options
 else fail lcm_bake_man_matches_options "undocumented:$missing"; fi

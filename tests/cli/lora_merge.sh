@@ -2,6 +2,7 @@
 # lora-merge(1) from the command line: --exact, --rank with the per-module report, --json,
 # --format peft, --extract, and the refusals with their exit statuses. One PASS/FAIL per check.
 set -u
+. tests/support/cli.sh
 BIN=${BIN:-bin}
 T=$(mktemp -d); trap 'rm -rf "$T" "$T.xdg"' EXIT
 # the SHA-256 cache (lcm-bake(1) ENVIRONMENT) never in the real home, even when run alone
@@ -92,10 +93,7 @@ rm -f "$T.err"
 
 # lora-merge(1) documents every option --help lists and the real caps; the error says the cap
 man=$(sed 's/\\-/-/g; s/\\f[BIR]//g' man/man1/lora-merge.1)
-missing=
-for opt in $("$BIN/lora-merge" --help | grep -o -- '--[a-z-]*' | sort -u); do
-  echo "$man" | grep -q -- "$opt" || missing="$missing $opt"
-done
+missing=$(man_missing_options "$BIN/lora-merge" man/man1/lora-merge.1)
 if [ -z "$missing" ] && echo "$man" | grep -q "R is 1 to 100000" && echo "$man" | grep -q "capped at 64"; then
   pass lora_merge_man_matches_options
 else fail lora_merge_man_matches_options "undocumented:$missing"; fi
