@@ -211,6 +211,45 @@ static void test_group_norm(void)
     free(x); free(g); free(b); free(y); free(y2); free(r); free(r2);
 }
 
+/* GroupNorm in parts (stats over blocks of positions with a row stride,
+ * moments, apply block by block) equals lm_group_norm, with a mean far from
+ * 0 (Σx² − nμ² cancellation) and 128 channels a group (the stack-free path). */
+static void test_group_norm_parts(void)
+{
+    for (int k = 0; k < 2; k++) {
+        int C = k ? 256 : 64, G = k ? 2 : 32; int64_t HW = 203, blk = 29;   /* 7 blocks of 29 */
+        float *x = rand_buf((size_t)C * HW), *g = rand_buf(C), *b = rand_buf(C);
+        for (size_t i = 0; i < (size_t)C * HW; i++) x[i] = x[i] * 0.5f + (k ? -300.0f : 40.0f);
+        float *y = malloc((size_t)C * HW * sizeof *y), *y2 = malloc((size_t)C * HW * sizeof *y2);
+        float *part = malloc((size_t)C * blk * sizeof *part);
+        double sum[256] = { 0 }, sq[256] = { 0 }, mean[32], rstd[32];
+        lm_group_norm(x, C, HW, G, g, b, 1e-6f, 1, y);
+        for (int64_t p0 = 0; p0 < HW; p0 += blk) lm_group_norm_stats(x + p0, C, blk, HW, sum, sq);
+        lm_group_norm_moments(sum, sq, C, G, HW, 1e-6f, mean, rstd);
+        for (int64_t p0 = 0; p0 < HW; p0 += blk) {
+            for (int c = 0; c < C; c++) memcpy(part + c * blk, x + c * HW + p0, (size_t)blk * sizeof *part);
+            lm_group_norm_apply(part, C, blk, G, mean, rstd, g, b, 1, part);
+            for (int c = 0; c < C; c++) memcpy(y2 + c * HW + p0, part + c * blk, (size_t)blk * sizeof *part);
+        }
+        double d = 0;
+        for (size_t i = 0; i < (size_t)C * HW; i++) d = fmax(d, fabs((double)y[i] - y2[i]));
+        CHECK_NEAR(d, 0, 1e-6);
+        /* against a two-pass double reference of group 0, channel 0 */
+        size_t n = (size_t)(C / G) * HW;
+        double s = 0, v = 0;
+        for (size_t i = 0; i < n; i++) s += x[i];
+        for (size_t i = 0; i < n; i++) v += (x[i] - s / n) * (x[i] - s / n);
+        double rs = 1 / sqrt(v / n + 1e-6), m = 0;
+        for (int64_t i = 0; i < HW; i++) {
+            double r = (x[i] - s / n) * rs * g[0] + b[0];
+            r = r / (1 + exp(-r));
+            m = fmax(m, fabs(r - y2[i]));
+        }
+        CHECK_NEAR(m, 0, k ? 2e-4 : 2e-5);   /* float input x·a + b at |x| 300 / 40: a few ulps of x·a */
+        free(x); free(g); free(b); free(y); free(y2); free(part);
+    }
+}
+
 static void test_layer_norm(void)
 {
     int T = 5, C = 48;
@@ -519,6 +558,7 @@ int main(void)
     RUN(test_conv3x3_winograd);
     RUN(test_linear_and_proj);
     RUN(test_group_norm);
+    RUN(test_group_norm_parts);
     RUN(test_layer_norm);
     RUN(test_activations);
     RUN(test_activation_sweep);

@@ -145,12 +145,36 @@ void lm_proj_from_tokens(const float *x, int64_t HW, int C, const float *w, cons
  * x [C, HW] → y [C, HW] (in place allowed: y == x). Each of `groups` groups
  * of C/groups channels is normalised with its own mean and biased variance,
  * (x - μ)/sqrt(σ² + eps), then scaled per channel: γ [C], β [C] (NULL: 1 and
- * 0). Statistics are accumulated in double. silu = 1 applies SiLU to the
- * result (the norm → SiLU pair every resnet uses, in one pass). C must be a
- * multiple of groups. SD: groups 32; eps 1e-5 (UNet resnets, out norm), 1e-6
- * (UNet attention blocks' norm, every VAE norm). */
+ * 0). Statistics are accumulated in double: Σx and Σx² per channel, summed
+ * per group, σ² = Σx²/n − μ² (a float's square is exact in double; the
+ * cancellation costs ~1e-16·μ²/σ² relative, far below float rounding).
+ * silu = 1 applies SiLU to the result (the norm → SiLU pair every resnet
+ * uses, in one pass). C must be a multiple of groups. SD: groups 32; eps
+ * 1e-5 (UNet resnets, out norm), 1e-6 (UNet attention blocks' norm, every
+ * VAE norm). It is lm_group_norm_stats, _moments and _apply below in one. */
 void lm_group_norm(const float *x, int C, int64_t HW, int groups, const float *gamma,
                    const float *beta, float eps, int silu, float *y);
+
+/* The same GroupNorm in three parts, for an image seen a block of positions
+ * at a time (the VAE's banded decode: the statistics of a whole activation
+ * gathered while it is written band by band, applied to each band later).
+ * Results equal lm_group_norm's up to the order of the double sums.
+ *
+ * lm_group_norm_stats adds to sum [C] and sumsq [C] (double, caller-zeroed
+ * before the first block) Σx and Σx² of each channel c over x[c·ld + i],
+ * i in [0, n): a block of n positions of an image [C, ld] (ld ≥ n; ld = n
+ * for a contiguous [C, n]).
+ * lm_group_norm_moments turns the sums over `count` positions per channel
+ * into each group's mean [groups] and 1/sqrt(σ² + eps) rstd [groups] (σ²
+ * biased, clamped at 0).
+ * lm_group_norm_apply normalises x [C, n] → y [C, n] (in place allowed) with
+ * those: y = (x − mean[g])·rstd[g]·γ[c] + β[c] (γ, β NULL: 1 and 0), then
+ * SiLU when silu = 1. C must be a multiple of groups. */
+void lm_group_norm_stats(const float *x, int C, int64_t n, int64_t ld, double *sum, double *sumsq);
+void lm_group_norm_moments(const double *sum, const double *sumsq, int C, int groups, int64_t count,
+                           float eps, double *mean, double *rstd);
+void lm_group_norm_apply(const float *x, int C, int64_t n, int groups, const double *mean,
+                         const double *rstd, const float *gamma, const float *beta, int silu, float *y);
 
 /* Layer normalisation over the last axis (torch.nn.LayerNorm):
  * x [T, C] → y [T, C] (in place allowed), γ [C], β [C] (NULL: 1 and 0),
