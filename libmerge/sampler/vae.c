@@ -6,37 +6,10 @@
 
 #include "libmerge/ops.h"
 #include "libmerge/vae.h"
+#include "sampler/vae_impl.h"
 #include "sampler/weights.h"
 
-typedef struct {
-    int cin, cout;
-    float *n1w, *n1b, *c1w, *c1b, *n2w, *n2b, *c2w, *c2b;
-    float *scw, *scb;           /* 1×1 shortcut when cin != cout, else NULL */
-    int wino1, wino2;           /* c1w / c2w hold Winograd filters */
-} resnet;
-
-typedef struct {
-    int c;
-    float *nw, *nb, *qw, *qb, *kw, *kb, *vw, *vb, *ow, *ob;
-} attn_block;
-
-struct lm_vae {
-    lm_vae_config cfg;
-    float *pq_w, *pq_b;         /* post_quant_conv [lc, lc, 1, 1] */
-    float *in_w, *in_b;         /* decoder.conv_in [Ctop, lc, 3, 3] */
-    resnet mid[2];
-    attn_block attn;
-    resnet *up;                 /* [levels * resnets], up block i (widest first) */
-    float *ups_w[LM_VAE_MAX_LEVELS], *ups_b[LM_VAE_MAX_LEVELS];
-    float *no_w, *no_b;         /* conv_norm_out / norm_out */
-    float *out_w, *out_b;       /* conv_out [3, ch[0], 3, 3] */
-    const char *attn_names[5];  /* norm, q, k, v, out under the file's spelling */
-    int ups_wino[LM_VAE_MAX_LEVELS]; /* ups_w[i] holds Winograd filters */
-};
-
-/* 3×3 convolution, stride 1, padding 1: w holds Winograd filters (wino = 1)
- * or plain [OC, C, 3, 3] weights (im2col + sgemm). */
-static int conv3(int wino, const float *x, int C, int H, int W, const float *w, const float *b, int OC,
+int lm_vae_conv3(int wino, const float *x, int C, int H, int W, const float *w, const float *b, int OC,
                  float *y, lm_work *work)
 {
     static const int pad1[4] = { 1, 1, 1, 1 };
@@ -95,7 +68,7 @@ static int vae_get(lm_weights *w, const char *name, int ndim, int64_t d0, int64_
     return lm_weights_load(w, name, ndim, s, out, err);
 }
 
-static int load_resnet(lm_weights *w, int mid, int i, int j, int cin, int cout, resnet *r, lm_err *err)
+static int load_resnet(lm_weights *w, int mid, int i, int j, int cin, int cout, vae_resnet *r, lm_err *err)
 {
     char n[256];
     int rc;
@@ -116,7 +89,7 @@ static int load_resnet(lm_weights *w, int mid, int i, int j, int cin, int cout, 
     return 0;
 }
 
-static void free_resnet(resnet *r)
+static void free_resnet(vae_resnet *r)
 {
     free(r->n1w); free(r->n1b); free(r->c1w); free(r->c1b);
     free(r->n2w); free(r->n2b); free(r->c2w); free(r->c2b);
@@ -129,7 +102,7 @@ void lm_vae_free(lm_vae *v)
     free(v->pq_w); free(v->pq_b); free(v->in_w); free(v->in_b);
     free_resnet(&v->mid[0]);
     free_resnet(&v->mid[1]);
-    attn_block *a = &v->attn;
+    vae_attn *a = &v->attn;
     free(a->nw); free(a->nb); free(a->qw); free(a->qb); free(a->kw); free(a->kb);
     free(a->vw); free(a->vb); free(a->ow); free(a->ob);
     for (int i = 0; v->up && i < v->cfg.levels * v->cfg.resnets; i++) free_resnet(&v->up[i]);
@@ -214,7 +187,7 @@ int lm_vae_load(lm_vae **out, lm_weights *w, const char *path, lm_err *err)
         goto fail;
     for (int k = 0; k < 2; k++)
         if ((rc = load_resnet(w, k, 0, 0, top, top, &v->mid[k], err))) goto fail;
-    attn_block *a = &v->attn;
+    vae_attn *a = &v->attn;
     a->c = top;
     float **dst[5][2] = { { &a->nw, &a->nb }, { &a->qw, &a->qb }, { &a->kw, &a->kb }, { &a->vw, &a->vb }, { &a->ow, &a->ob } };
     for (int k = 0; k < 5; k++) {
@@ -238,11 +211,11 @@ int lm_vae_load(lm_vae **out, lm_weights *w, const char *path, lm_err *err)
     }
 #undef GET
     for (int k = 0; k < 2; k++) {
-        resnet *r = &v->mid[k];
+        vae_resnet *r = &v->mid[k];
         if ((rc = to_wino(&r->c1w, top, top, &r->wino1, err)) || (rc = to_wino(&r->c2w, top, top, &r->wino2, err))) goto fail;
     }
     for (int i = 0; i < L * c->resnets; i++) {
-        resnet *r = &v->up[i];
+        vae_resnet *r = &v->up[i];
         if ((rc = to_wino(&r->c1w, r->cout, r->cin, &r->wino1, err)) ||
             (rc = to_wino(&r->c2w, r->cout, r->cout, &r->wino2, err)))
             goto fail;
@@ -271,21 +244,17 @@ int lm_vae_load_source(lm_vae **out, const lm_source *src, lm_err *err)
 
 /* ---------- forward ---------- */
 
-typedef struct {
-    float *X, *T, *Y;     /* three buffers of `cap` floats: current, temp, temp */
-    lm_work work;
-} fwd;
 
 static void swap(float **a, float **b) { float *t = *a; *a = *b; *b = t; }
 
-static int resnet_fwd(const resnet *r, fwd *f, int H, int W, const lm_vae_config *c)
+static int resnet_fwd(const vae_resnet *r, vae_fwd *f, int H, int W, const lm_vae_config *c)
 {
     const int64_t HW = (int64_t)H * W;
     const size_t n = (size_t)(r->cout * HW);
     lm_group_norm(f->X, r->cin, HW, c->groups, r->n1w, r->n1b, c->eps, 1, f->T);
-    if (conv3(r->wino1, f->T, r->cin, H, W, r->c1w, r->c1b, r->cout, f->Y, &f->work)) return -1;
+    if (lm_vae_conv3(r->wino1, f->T, r->cin, H, W, r->c1w, r->c1b, r->cout, f->Y, &f->work)) return -1;
     lm_group_norm(f->Y, r->cout, HW, c->groups, r->n2w, r->n2b, c->eps, 1, f->Y);
-    if (conv3(r->wino2, f->Y, r->cout, H, W, r->c2w, r->c2b, r->cout, f->T, &f->work)) return -1;
+    if (lm_vae_conv3(r->wino2, f->Y, r->cout, H, W, r->c2w, r->c2b, r->cout, f->T, &f->work)) return -1;
     if (r->scw) {
         if (lm_conv2d(f->X, r->cin, H, W, r->scw, r->scb, r->cout, 1, 1, k_pad0, f->Y, &f->work)) return -1;
         lm_add(f->T, f->Y, n);
@@ -297,7 +266,7 @@ static int resnet_fwd(const resnet *r, fwd *f, int H, int W, const lm_vae_config
 }
 
 /* Self-attention over the H·W positions, one head of C channels, residual. */
-static int attn_fwd(const attn_block *a, fwd *f, int H, int W, const lm_vae_config *c)
+static int attn_fwd(const vae_attn *a, vae_fwd *f, int H, int W, const lm_vae_config *c)
 {
     const int C = a->c;
     const int64_t HW = (int64_t)H * W;
@@ -312,6 +281,16 @@ static int attn_fwd(const attn_block *a, fwd *f, int H, int W, const lm_vae_conf
     if (!rc) lm_proj_from_tokens(o, HW, C, a->ow, a->ob, C, f->X, 1);
     free(tok);
     return rc ? -1 : 0;
+}
+
+int lm_vae_front(const lm_vae *v, const float *z, int h, int w, vae_fwd *f)
+{
+    const lm_vae_config *c = &v->cfg;
+    if (lm_conv2d(z, c->latent_channels, h, w, v->pq_w, v->pq_b, c->latent_channels, 1, 1, k_pad0, f->T, &f->work) ||
+        lm_vae_conv3(0, f->T, c->latent_channels, h, w, v->in_w, v->in_b, c->ch[c->levels - 1], f->X, &f->work) ||
+        resnet_fwd(&v->mid[0], f, h, w, c) || attn_fwd(&v->attn, f, h, w, c) || resnet_fwd(&v->mid[1], f, h, w, c))
+        return -1;
+    return 0;
 }
 
 /* Largest C·H·W any buffer holds while decoding an h×w latent. */
@@ -339,16 +318,13 @@ static int decode_full(const lm_vae *v, const float *z, int h, int w, float *img
     const lm_vae_config *c = &v->cfg;
     const int L = c->levels;
     size_t cap = buffer_floats(c, h, w);
-    fwd f = { NULL, NULL, NULL, LM_WORK_INIT };
+    vae_fwd f = { NULL, NULL, NULL, LM_WORK_INIT };
     f.X = malloc(cap * sizeof(float));
     f.T = malloc(cap * sizeof(float));
     f.Y = malloc(cap * sizeof(float));
     int rc = 0, H = h, W = w;
     if (!f.X || !f.T || !f.Y) goto oom;
-    if (lm_conv2d(z, c->latent_channels, H, W, v->pq_w, v->pq_b, c->latent_channels, 1, 1, k_pad0, f.T, &f.work) ||
-        conv3(0, f.T, c->latent_channels, H, W, v->in_w, v->in_b, c->ch[L - 1], f.X, &f.work) ||
-        resnet_fwd(&v->mid[0], &f, H, W, c) || attn_fwd(&v->attn, &f, H, W, c) || resnet_fwd(&v->mid[1], &f, H, W, c))
-        goto oom;
+    if (lm_vae_front(v, z, h, w, &f)) goto oom;
     for (int i = 0; i < L; i++) {
         int cout = c->ch[L - 1 - i];
         for (int j = 0; j < c->resnets; j++)
@@ -362,11 +338,11 @@ static int decode_full(const lm_vae *v, const float *z, int h, int w, float *img
             lm_upsample_nearest2x(f.X, cout, H, W, f.Y);
             H *= 2;
             W *= 2;
-            if (conv3(0, f.Y, cout, H, W, v->ups_w[i], v->ups_b[i], cout, f.X, &f.work)) goto oom;
+            if (lm_vae_conv3(0, f.Y, cout, H, W, v->ups_w[i], v->ups_b[i], cout, f.X, &f.work)) goto oom;
         }
     }
     lm_group_norm(f.X, c->ch[0], (int64_t)H * W, c->groups, v->no_w, v->no_b, c->eps, 1, f.T);
-    if (conv3(0, f.T, c->ch[0], H, W, v->out_w, v->out_b, 3, img, &f.work)) goto oom;
+    if (lm_vae_conv3(0, f.T, c->ch[0], H, W, v->out_w, v->out_b, 3, img, &f.work)) goto oom;
     goto done;
 oom:
     rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory decoding a %dx%d latent (%zu MiB per buffer)",
@@ -379,70 +355,6 @@ done:
     return rc;
 }
 
-/* Tile origins along one axis of n latent cells: stride tile - overlap, the
- * last tile aligned to the end. Returns the count (origins has room for n). */
-static int tile_origins(int n, int tile, int overlap, int *origins)
-{
-    if (tile >= n) { origins[0] = 0; return 1; }
-    int k = 0, stride = tile - overlap;
-    for (int p = 0;; p += stride) {
-        if (p + tile >= n) { origins[k++] = n - tile; break; }
-        origins[k++] = p;
-    }
-    return k;
-}
-
-/* Blend weight of pixel r (of len) in a tile: linear ramps of `ramp` pixels
- * at the edges that meet a neighbouring tile. */
-static float ramp_weight(int r, int len, int ramp, int first, int last)
-{
-    float wgt = 1.0f;
-    if (!first) wgt = fminf(wgt, ((float)r + 0.5f) / (float)ramp);
-    if (!last) wgt = fminf(wgt, ((float)(len - r) - 0.5f) / (float)ramp);
-    return wgt;
-}
-
-static int decode_tiled(const lm_vae *v, const float *z, int h, int w, int tile, int overlap, float *img, lm_err *err)
-{
-    const lm_vae_config *c = &v->cfg;
-    const int f = 1 << (c->levels - 1), lc = c->latent_channels;
-    const int H = h * f, W = w * f;
-    const int th = tile < h ? tile : h, tw = tile < w ? tile : w;
-    int *oy = malloc((size_t)h * sizeof *oy), *ox = malloc((size_t)w * sizeof *ox);
-    float *sy = calloc((size_t)H, sizeof *sy), *sx = calloc((size_t)W, sizeof *sx);
-    float *zt = malloc((size_t)lc * th * tw * sizeof *zt);
-    float *part = malloc((size_t)3 * th * f * tw * f * sizeof *part);
-    int rc = 0;
-    if (!oy || !ox || !sy || !sx || !zt || !part) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
-    int ny = tile_origins(h, tile, overlap, oy), nx = tile_origins(w, tile, overlap, ox);
-    const int ramp = overlap * f;
-    memset(img, 0, (size_t)3 * H * W * sizeof *img);
-    /* the weights are separable, so their sums are per axis */
-    for (int a = 0; a < ny; a++)
-        for (int r = 0; r < th * f; r++) sy[oy[a] * f + r] += ramp_weight(r, th * f, ramp, a == 0, a == ny - 1);
-    for (int b = 0; b < nx; b++)
-        for (int r = 0; r < tw * f; r++) sx[ox[b] * f + r] += ramp_weight(r, tw * f, ramp, b == 0, b == nx - 1);
-    for (int a = 0; a < ny && !rc; a++)
-        for (int b = 0; b < nx && !rc; b++) {
-            for (int ch = 0; ch < lc; ch++)
-                for (int y = 0; y < th; y++)
-                    memcpy(zt + ((size_t)ch * th + y) * tw, z + ((size_t)ch * h + oy[a] + y) * w + ox[b], (size_t)tw * sizeof *zt);
-            if ((rc = decode_full(v, zt, th, tw, part, err))) break;
-            for (int y = 0; y < th * f; y++) {
-                float wy = ramp_weight(y, th * f, ramp, a == 0, a == ny - 1) / sy[oy[a] * f + y];
-                for (int x = 0; x < tw * f; x++) {
-                    float wgt = wy * ramp_weight(x, tw * f, ramp, b == 0, b == nx - 1) / sx[ox[b] * f + x];
-                    for (int ch = 0; ch < 3; ch++)
-                        img[((size_t)ch * H + oy[a] * f + y) * W + ox[b] * f + x] +=
-                            wgt * part[((size_t)ch * th * f + y) * tw * f + x];
-                }
-            }
-        }
-done:
-    free(oy); free(ox); free(sy); free(sx); free(zt); free(part);
-    return rc;
-}
-
 int lm_vae_decode(const lm_vae *v, const float *z, int h, int w, const lm_vae_decode_opts *opts,
                   float *img, lm_err *err)
 {
@@ -451,11 +363,8 @@ int lm_vae_decode(const lm_vae *v, const float *z, int h, int w, const lm_vae_de
     const lm_vae_config *c = &v->cfg;
     if (h < 1 || w < 1 || h > 4096 || w > 4096)
         return lm_err_set(err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "latent size %dx%d out of range", h, w);
-    int tile = o.tile, overlap = o.overlap;
-    if (tile == 0) { tile = (int64_t)h * w > 64 * 64 ? 64 : -1; overlap = 16; }
-    if (tile > 0 && overlap == 0) overlap = tile / 4;
-    if (tile > 0 && (overlap < 0 || overlap >= tile))
-        return lm_err_set(err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "tile overlap %d must be in [0, %d)", overlap, tile);
+    /* opts.overlap is ignored: bands are exact, nothing to blend */
+    int tile = o.tile == 0 ? ((int64_t)h * w > 64 * 64 ? 0 : -1) : o.tile;
     const size_t n = (size_t)c->latent_channels * h * w;
     float *zs = NULL;
     if (o.scaled) {
@@ -465,8 +374,7 @@ int lm_vae_decode(const lm_vae *v, const float *z, int h, int w, const lm_vae_de
         for (size_t i = 0; i < n; i++) zs[i] = z[i] / c->scaling_factor;
         z = zs;
     }
-    int rc = (tile > 0 && (tile < h || tile < w)) ? decode_tiled(v, z, h, w, tile, overlap, img, err)
-                                                  : decode_full(v, z, h, w, img, err);
+    int rc = tile >= 0 ? lm_vae_decode_banded(v, z, h, w, tile, img, err) : decode_full(v, z, h, w, img, err);
     free(zs);
     return rc;
 }
