@@ -3,7 +3,9 @@
  *
  *   render text MODEL            tokenizer + CLIP text encoder load + encode
  *   render unet MODEL SIZE STEPS UNet load + STEPS LCM steps at SIZE px
- *   render vae MODEL SIZE [TILE] VAE load + decode of a SIZE px image
+ *   render vae MODEL SIZE [TILE] VAE load + decode of a SIZE px image (TILE,
+ *                                or env RENDER_VAE_TILE: lm_vae_decode_opts.tile,
+ *                                N > 0 exact bands of N latent rows, -1 untiled)
  *
  * Prints one line "stage size seconds(load) seconds(run) (CPU seconds of the
  * run: on a shared machine wall time overstates) GFLOP/s sgemm-ratio
@@ -158,6 +160,10 @@ int main(int argc, char **argv)
         lm_rng_randn(&r, z, (size_t)4 * h * h);
         lm_vae_decode_opts o = LM_VAE_DECODE_OPTS_INIT;
         o.tile = extra ? extra : 0;
+        const char *vt = getenv("RENDER_VAE_TILE");   /* forces a mode: N > 0 bands of N latent rows, -1 untiled */
+        if (vt && *vt) o.tile = atoi(vt);
+        fprintf(stderr, "vae decode: %s", o.tile < 0 ? "untiled\n" : o.tile == 0 ? "automatic (untiled up to 512 px, else bands)\n" : "");
+        if (o.tile > 0) fprintf(stderr, "banded, bands of %d latent rows\n", o.tile);
         const char *prof = getenv("RENDER_PROFILE");
         if (prof && !strcmp(prof, "1")) lm_ops_profile(1);
         t0 = now();

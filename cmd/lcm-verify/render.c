@@ -23,7 +23,9 @@ static void usage(FILE *f)
                "                  --seed S --steps K [--guidance G] [--size WxH] [--clip-skip N]\n"
                "                  [--vae FILE] [--text-encoder FILE] [--vocab PATH] [--vae-tile N]\n"
                "                  [--latents OUT.safetensors] [--no-hash] -o OUT.png\n"
-               "  defaults: --guidance 1 (no classifier-free guidance), --size 512x512, --clip-skip 1\n");
+               "  defaults: --guidance 1 (no classifier-free guidance), --size 512x512, --clip-skip 1\n"
+               "  --vae-tile N: decode in exact bands of N latent rows (bounded memory, temporary\n"
+               "      files in $TMPDIR); default: automatic above 512 px; -1: never\n");
 }
 
 static void progress(void *ctx, const char *stage, int k, int K, double sec)

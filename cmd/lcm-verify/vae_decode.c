@@ -15,13 +15,15 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: lcm-verify vae-decode MODEL --input IN -o OUT [--tile N [--overlap N]] [--no-scale]\n"
+    fprintf(f, "usage: lcm-verify vae-decode MODEL --input IN -o OUT [--tile N] [--no-scale]\n"
                "                  [--latent-name NAME]\n"
                "  IN: latent [N,4,h,w] F32 as the sampler produces it (divided by 0.18215 here;\n"
                "      --no-scale decodes it as is); --latent-name reads another tensor name\n"
                "  OUT: .safetensors: image [N,3,8h,8w] F32, unclamped;\n"
                "       .png: round(clamp(image/2+0.5)*255) (N > 1: the images side by side)\n"
-               "  --tile N: tiled decoding with N-latent tiles (default: automatic above 64x64)\n");
+               "  --tile N: exact banded decoding, bands of N latent rows (memory bounded by the\n"
+               "      band, activations in temporary files in $TMPDIR); default: automatic above\n"
+               "      64x64 latents; -1: never\n");
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -34,7 +36,7 @@ int lv_vae_decode(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "input", required_argument, 0, 'i' }, { "output", required_argument, 0, 'o' },
-        { "tile", required_argument, 0, 't' }, { "overlap", required_argument, 0, 'O' },
+        { "tile", required_argument, 0, 't' },
         { "no-scale", no_argument, 0, 'S' }, { "latent-name", required_argument, 0, 'N' },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
@@ -50,10 +52,6 @@ int lv_vae_decode(int argc, char **argv)
         case 't':
             vo.tile = (int)strtol(optarg, &end, 10);
             if (!*optarg || *end || vo.tile == 0 || vo.tile > 4096) return lm_cli_usage_error(prog, "bad --tile '%s' (-1 = never)", optarg);
-            break;
-        case 'O':
-            vo.overlap = (int)strtol(optarg, &end, 10);
-            if (!*optarg || *end || vo.overlap < 0) return lm_cli_usage_error(prog, "bad --overlap '%s'", optarg);
             break;
         case 'S': vo.scaled = 0; break;
         case 'N': lname = optarg; break;

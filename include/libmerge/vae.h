@@ -77,33 +77,46 @@ typedef struct lm_vae_decode_opts {
     int version;        /* LM_VAE_DECODE_OPTS_VERSION */
     int scaled;         /* 1: z is a sampler latent, divided by scaling_factor first (the
                            pipeline's decode); 0: z goes to post_quant_conv as is */
-    int tile;           /* latent tile size for tiled decoding; 0: automatic (untiled up to
-                           64×64 latents = 512 px, else tiles of 64 with overlap 16);
-                           < 0: never tile */
-    int overlap;        /* latent overlap between tiles (tile > 0); default tile/4 */
+    int tile;           /* banded decoding: > 0: bands of `tile` latent rows (tile·2^i rows at
+                           up level i, full width); 0: automatic (untiled up to 64×64
+                           latents = 512 px, else bands sized to ~128 MiB of buffers);
+                           < 0: never banded */
+    int overlap;        /* ignored (kept for the ABI): bands are exact, nothing overlaps */
 } lm_vae_decode_opts;
 #define LM_VAE_DECODE_OPTS_VERSION 1
 #define LM_VAE_DECODE_OPTS_INIT { LM_VAE_DECODE_OPTS_VERSION, 1, 0, 0 }
 
 /* Decodes one latent z [latent_channels, h, w] → img [3, 8h, 8w] fp32,
  * unclamped (h, w: latent size; the factor is 2^(levels-1)).
- * Tiled decoding (opts->tile > 0, or automatic at large sizes) decodes
- * overlapping latent tiles independently and blends them with linear ramps
- * across each overlap (as diffusers' tiled_decode does, with weights summing
- * to 1): memory is bounded by the tile, not the image. It is not exact: each
- * tile is decoded as an image of its own, so every GroupNorm (30 in SD1.5's
- * decoder) normalises with the tile's mean and variance, the mid block's
- * self-attention sees the tile only, and convolutions see zero padding at
- * inner tile edges (the blending hides the seams, not these). Measured on the
- * tiny random VAE of the goldens (test_vae_tiled_matches_untiled: 20×20
- * latent, tiles 16, overlap 8): mean |diff| 0.106, max 0.74, outputs about
- * ±3; running conv_in and the mid block untiled removed only ~12% of that
- * (mean 0.094), so the up blocks' per-tile statistics dominate. Exact tiles
- * would need each GroupNorm's global statistics before any tile is
- * normalised: the whole activation in memory (what tiling avoids) or one
- * recomputation pass per GroupNorm (an order of magnitude more work). A tile
- * covering the whole latent gives the untiled result bit for bit. opts may be NULL (LM_VAE_DECODE_OPTS_INIT). Errors: LM_EUSAGE (bad
- * size or options), LM_ENOMEM. */
+ *
+ * Untiled, the decoder holds three fp32 activations of the widest
+ * full-resolution level (SD1.5 at 512 px: 3 × 256 MiB, ~1.1 GB peak RSS
+ * with the weights; 4× that at 1024 px). Banded decoding (opts->tile > 0,
+ * or automatic above 64×64 latents) gives the same image with memory
+ * bounded by a band of rows and the weights: post_quant_conv, conv_in and
+ * the mid block (its attention sees every position) run in memory at
+ * latent resolution; every later layer runs as sweeps over bands of full
+ * rows, each reading its input with the one-row halo of a 3×3 convolution
+ * and writing its output to a temporary file while summing each channel's
+ * x and x², so every GroupNorm normalises with the whole activation's mean
+ * and variance, exactly as untiled (diffusers' tiled_decode, which decodes
+ * tiles as images of their own, is not exact; this is). Equal to the
+ * untiled decode up to float rounding: max |diff| ≤ 5.4e-6 on the tests'
+ * tiny VAE (test_vae_banded_matches_untiled, _winograd: band heights 1, 2,
+ * 3, 7 and the whole latent, outputs about ±3). Costs: ~1.1× the untiled
+ * CPU time (SD1.5 at 512 px; Winograd recomputes two rows a band, and each
+ * activation is copied through the page cache); peak RSS 587 MiB at 512 px
+ * (bands of 8 latent rows), 695 MiB at 1024 px (automatic), against 1113 MiB
+ * and ~3.5 GB untiled (estimated). Temporary disk: two unlinked files
+ * (O_TMPFILE, else mkstemp + unlink: no name is left, even after a crash)
+ * in $TMPDIR, else /tmp, reserved up front (fallocate) for the largest
+ * activation each holds (the files alternate: x and out of a resnet in one,
+ * its intermediate h or an upsampler's output in the other): for SD1.5
+ * 256 + 128 MiB at 512 px, 1 GiB + 512 MiB at 1024 px, ∝ image area. Their
+ * pages sit in the kernel's page cache, not in the process's memory.
+ * opts may be NULL (LM_VAE_DECODE_OPTS_INIT). Errors: LM_EUSAGE (bad size),
+ * LM_ENOMEM, LM_EIO (the temporary files: named by their directory, the
+ * reason, "disk full" for ENOSPC). */
 int lm_vae_decode(const lm_vae *v, const float *z, int h, int w, const lm_vae_decode_opts *opts,
                   float *img, lm_err *err);
 

@@ -157,13 +157,18 @@ static float *buf(band *B, int i, size_t n)
     return B->b[i];
 }
 
-/* output rows a band of a level with H rows: tile·(H/h), or what the budget
- * allows at per_row floats of buffers per output row */
+/* output rows of a band at a level of H rows: tile·(H/h), or (tile 0) what
+ * the budget allows at per_row floats of buffers per output row, evened out */
 static int band_rows(const band *B, int H, size_t per_row)
 {
-    int64_t r = B->tile > 0 ? (int64_t)B->tile * (H / B->h) : (int64_t)(BAND_BUDGET / (per_row ? per_row : 1));
-    if (r < 1) r = 1;
-    return r > H ? H : (int)r;
+    if (B->tile > 0) {
+        int64_t r = (int64_t)B->tile * (H / B->h);
+        return r > H ? H : (int)r;
+    }
+    int64_t r = (int64_t)(BAND_BUDGET / (per_row ? per_row : 1)), n;
+    if (r < 2) r = 2;
+    n = (H + r - 1) / r;          /* bands of equal height: no thin last band */
+    return (int)((H + n - 1) / n);
 }
 
 static void moments(band *B, const act *a)
