@@ -3,6 +3,8 @@
  * float32 implementation), both layouts; banded vs untiled; post-processing
  * to uint8 against lcm_pipeline.safetensors. */
 #include <dirent.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -162,7 +164,8 @@ static void test_vae_banded_matches_untiled(void) { check_banded(NULL); }
 /* Winograd at every width: the band path's Winograd convs and fused up2 */
 static void test_vae_banded_winograd(void) { check_banded("winograd"); }
 
-/* A temporary directory that cannot be used: LM_EIO naming it, no crash. */
+/* A temporary directory that cannot be used, files that cannot grow:
+ * LM_EIO naming the directory and the reason, no crash. */
 static void test_vae_banded_tmpdir_error(void)
 {
     lm_err e;
@@ -178,10 +181,26 @@ static void test_vae_banded_tmpdir_error(void)
     rc = lm_vae_decode(m.v, z, 4, 4, &o, img, &e);
     if (saved) setenv("TMPDIR", saved, 1); else unsetenv("TMPDIR");
     free(saved);
+    /* files that cannot grow (RLIMIT_FSIZE 4 KiB: the reservation fails
+     * with EFBIG, as a full disk would with ENOSPC) */
+    lm_err e2;
+    struct rlimit rl0, lim;
+    int rc2 = 0;
+    if (getrlimit(RLIMIT_FSIZE, &rl0) == 0) {
+        void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+        lim = rl0;
+        lim.rlim_cur = 4096;
+        setrlimit(RLIMIT_FSIZE, &lim);
+        rc2 = lm_vae_decode(m.v, z, 4, 4, &o, img, &e2);
+        setrlimit(RLIMIT_FSIZE, &rl0);
+        signal(SIGXFSZ, prev);
+    }
     close_model(&m);
     CHECK_EQ_INT(rc, LM_EIO);
     CHECK(strstr(e.file, "/nonexistent/libmerge-test") != NULL);
     CHECK(strstr(e.msg, "temporary") != NULL);
+    CHECK_EQ_INT(rc2, LM_EIO);
+    CHECK(strstr(e2.msg, "temporary activations") != NULL);
 }
 
 /* uint8 post-processing of the stored raw images equals the stored pixels. */
