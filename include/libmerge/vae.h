@@ -91,7 +91,7 @@ typedef struct lm_vae_decode_opts {
  *
  * Untiled, the decoder holds three fp32 activations of the widest
  * full-resolution level (SD1.5 at 512 px: 3 × 256 MiB, ~1.1 GB peak RSS
- * with the weights; 4× that at 1024 px). Banded decoding (opts->tile > 0,
+ * with the weights; 3 GB at 1024 px). Banded decoding (opts->tile > 0,
  * or automatic above 64×64 latents) gives the same image with memory
  * bounded by a band of rows and the weights: post_quant_conv, conv_in and
  * the mid block (its attention sees every position) run in memory at
@@ -103,13 +103,16 @@ typedef struct lm_vae_decode_opts {
  * tiles as images of their own, is not exact; this is). Equal to the
  * untiled decode up to float rounding: max |diff| ≤ 5.4e-6 on the tests'
  * tiny VAE (test_vae_banded_matches_untiled, _winograd: band heights 1, 2,
- * 3, 7 and the whole latent, outputs about ±3). Costs: ~1.1× the untiled
- * CPU time (SD1.5 at 512 px; Winograd recomputes two rows a band, and each
- * activation is copied through the page cache); peak RSS 587 MiB at 512 px
- * (bands of 8 latent rows), 695 MiB at 1024 px (automatic), against 1113 MiB
- * and ~3.5 GB untiled (estimated). Temporary disk: two unlinked files
- * (O_TMPFILE, else mkstemp + unlink: no name is left, even after a crash)
- * in $TMPDIR, else /tmp, reserved up front (fallocate) for the largest
+ * 3, 7 and the whole latent, outputs about ±3; 4.1e-6 on the full-size
+ * SD1.5 decoder). Costs (SD1.5, bench/render, CPU seconds on a shared
+ * 2-core machine): 1.06× the untiled CPU time at 1024 px (automatic bands;
+ * 78 s against 74 s), ~1.13× at 512 px with bands of 8 latent rows
+ * (Winograd recomputes two rows a band; every activation is copied through
+ * the page cache: ~7% of the time). Peak RSS 695 MiB at 1024 px (the mid
+ * block's attention over 128×128 positions is then the peak) against 3044
+ * MiB untiled; 587 MiB at 512 px (bands of 8) against 1113 MiB.
+ * Temporary disk: two unlinked files (O_TMPFILE, else mkstemp + unlink: no
+ * name is left, even after a crash) in $TMPDIR, else /tmp, reserved up front (fallocate) for the largest
  * activation each holds (the files alternate: x and out of a resnet in one,
  * its intermediate h or an upsampler's output in the other): for SD1.5
  * 256 + 128 MiB at 512 px, 1 GiB + 512 MiB at 1024 px, ∝ image area. Their
