@@ -9,6 +9,8 @@
 
 #include <dirent.h>
 #include <signal.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -481,6 +483,95 @@ static void test_signal_removes_temp(void)
     CHECK_EQ_INT(dir_count(g_dir), 0);
 }
 
+/* Reads a whole small file; returns its length or -1. */
+static long slurp(const char *path, unsigned char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    return (long)n;
+}
+
+/* Writes tensors a (4012 bytes), b (20000) and c (12004) sequentially into seq, then
+ * through lm_writer_pwrite from buffers placed at lm_writer_direct_shift (c first, then
+ * b, a appended, b and c skipped): the whole 4 KiB blocks go out with O_DIRECT where the
+ * filesystem has it. Both files must be byte for byte equal; with O_DIRECT the middle of
+ * b never entered the page cache (mincore), which shows the direct path ran. */
+static void direct_case(const char *name, int *direct_seen)
+{
+    enum { NA = 1003, NB = 5000, NC = 3001 };
+    static float a[NA], b[NB], c[NC];
+    for (int i = 0; i < NA; i++) a[i] = (float)i * 0.5f;
+    for (int i = 0; i < NB; i++) b[i] = (float)i * -0.25f + 3;
+    for (int i = 0; i < NC; i++) c[i] = (float)(i % 97) - 40;
+    lm_wtensor wt[3] = { { "a", LM_DT_F32, 1, { NA } }, { "b", LM_DT_F32, 1, { NB } }, { "c", LM_DT_F32, 1, { NC } } };
+    lm_writer_opts wo = LM_WRITER_OPTS_INIT;
+    wo.keep_order = 1;
+    lm_writer *w = NULL;
+    lm_err err;
+    lm_err_clear(&err);
+    char seq[300], par[300];
+    pathf(seq, sizeof seq, "seq_direct.safetensors");
+    pathf(par, sizeof par, name);
+    CHECK_OK(lm_writer_open(&w, seq, wt, 3, NULL, 0, &wo, &err), &err);
+    CHECK_OK(lm_writer_write(w, a, sizeof a, &err), &err);
+    CHECK_OK(lm_writer_write(w, b, sizeof b, &err), &err);
+    CHECK_OK(lm_writer_write(w, c, sizeof c, &err), &err);
+    CHECK_OK(lm_writer_commit(w, &err), &err);
+    CHECK_OK(lm_writer_open(&w, par, wt, 3, NULL, 0, &wo, &err), &err);
+    const uint64_t ob = sizeof a, oc = sizeof a + sizeof b;
+    size_t sb = lm_writer_direct_shift(w, ob), sc = lm_writer_direct_shift(w, oc);
+    uint64_t ds = lm_writer_data_start(w);
+    int direct = sb != 0;   /* (ds + ob) % 4096 is not 0 here: non-zero means a direct descriptor */
+    CHECK((ds + ob) % LM_WRITER_DIRECT_ALIGN != 0);
+    CHECK(sb == 0 || (sb == (ds + ob) % LM_WRITER_DIRECT_ALIGN && sc == (ds + oc) % LM_WRITER_DIRECT_ALIGN));
+    unsigned char *bb = NULL, *bc = NULL;
+    CHECK(!posix_memalign((void **)&bb, LM_WRITER_DIRECT_ALIGN, sizeof b + LM_WRITER_DIRECT_ALIGN));
+    CHECK(!posix_memalign((void **)&bc, LM_WRITER_DIRECT_ALIGN, sizeof c + LM_WRITER_DIRECT_ALIGN));
+    memcpy(bb + sb, b, sizeof b);
+    memcpy(bc + sc, c, sizeof c);
+    CHECK_OK(lm_writer_pwrite(w, oc, bc + sc, sizeof c, &err), &err);
+    CHECK_OK(lm_writer_pwrite(w, ob, bb + sb, sizeof b, &err), &err);
+    CHECK_OK(lm_writer_write(w, a, sizeof a, &err), &err);
+    CHECK_OK(lm_writer_skip(w, sizeof b, &err), &err);
+    CHECK_OK(lm_writer_skip(w, sizeof c, &err), &err);
+    CHECK_OK(lm_writer_commit(w, &err), &err);
+    free(bb);
+    free(bc);
+    static unsigned char x[65536], y[65536];
+    long n1 = slurp(seq, x, sizeof x);
+    if (direct) {   /* before anything reads par: its direct blocks are not cached */
+        int fd = open(par, O_RDONLY);
+        long pg = sysconf(_SC_PAGESIZE);
+        off_t len = (off_t)(ds + oc);
+        void *m = fd >= 0 ? mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+        unsigned char vec[64];
+        if (m != MAP_FAILED && (size_t)((len + pg - 1) / pg) <= sizeof vec && mincore(m, (size_t)len, vec) == 0) {
+            uint64_t first = (ds + ob + (uint64_t)pg - 1) / (uint64_t)pg;   /* first whole page of b */
+            CHECK_MSG(!(vec[first] & 1), "a block written with O_DIRECT is in the page cache");
+            *direct_seen = 1;
+        }
+        if (m != MAP_FAILED) munmap(m, (size_t)len);
+        if (fd >= 0) close(fd);
+    }
+    long n2 = slurp(par, y, sizeof y);
+    CHECK(n1 > 36000 && n1 == n2);
+    CHECK_MSG(n1 == n2 && memcmp(x, y, (size_t)n1) == 0, "%s: written through lm_writer_pwrite differs from sequential", name);
+}
+
+static void test_pwrite_direct_equals_sequential(void)
+{
+    int seen = 0;
+    direct_case("direct.safetensors", &seen);
+    setenv("LIBMERGE_DIRECT_IO", "0", 1);
+    int none = 0;
+    direct_case("buffered.safetensors", &none);
+    unsetenv("LIBMERGE_DIRECT_IO");
+    CHECK_EQ_INT(none, 0);   /* LIBMERGE_DIRECT_IO=0: no direct descriptor, shift 0 */
+    printf("# O_DIRECT %s on %s\n", seen ? "used" : "not available", g_dir);
+}
+
 int main(void)
 {
     const char *t = getenv("TMPDIR");
@@ -496,6 +587,7 @@ int main(void)
     RUN(test_copy_from);
     RUN(test_efbig_leaves_no_file);
     RUN(test_signal_removes_temp);
+    RUN(test_pwrite_direct_equals_sequential);
     rmdir(g_dir);
     TEST_EXIT();
 }

@@ -89,6 +89,17 @@ int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uin
  * LM_EIO (ENOSPC, EFBIG, EIO), LM_EUSAGE (past the declared data). */
 int lm_writer_pwrite(lm_writer *w, uint64_t off, const void *data, size_t nbytes, lm_err *err);
 
+/* Whole 4096-byte blocks that lm_writer_pwrite is given at an address aligned as their
+ * file offset are written with O_DIRECT (the bytes go from the caller's memory to the
+ * disk: no copy into the page cache and no writeback work, about 0.4 s of CPU less for
+ * 2 GB here); the partial blocks at either end, and everything on filesystems without
+ * O_DIRECT (tmpfs) or with LIBMERGE_DIRECT_IO=0, through the page cache as before. */
+#define LM_WRITER_DIRECT_ALIGN 4096u
+/* The offset within a block at which data-area byte off lands: a buffer b holding
+ * the bytes from off with (uintptr_t)b % LM_WRITER_DIRECT_ALIGN == this value goes
+ * out with O_DIRECT. 0 when the writer has no direct descriptor. */
+size_t lm_writer_direct_shift(const lm_writer *w, uint64_t off);
+
 /* Moves the sequential position over nbytes already written with
  * lm_writer_pwrite, as lm_writer_write would after appending them. Call only
  * once those pwrites have returned. Errors: as lm_writer_write. */

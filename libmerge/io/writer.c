@@ -61,6 +61,9 @@ struct lm_writer {
     int pfd;                 /* dup of fd for lm_writer_pwrite: stays open until free_writer,
                                 so a failure closing fd never lets a worker's pwrite reach
                                 a reused descriptor */
+    int dfd;                 /* the temp file opened O_DIRECT for lm_writer_pwrite's aligned
+                                middles, or -1; same lifetime as pfd */
+    int direct_off;          /* set (atomically) once the filesystem refused a direct write */
 };
 
 /* Rank of a dtype in the reference's Dtype enum (declaration order). */
@@ -232,6 +235,7 @@ static void free_writer(lm_writer *w)
     if (!w) return;
     if (w->src_fd >= 0) close(w->src_fd);
     if (w->pfd >= 0) close(w->pfd);
+    if (w->dfd >= 0) close(w->dfd);
     free(w->src_path);
     if (w->t) for (size_t i = 0; i < w->n; i++) free(w->t[i].name);
     if (w->inputs) for (size_t i = 0; i < w->n_inputs; i++) free(w->inputs[i]);
@@ -476,6 +480,7 @@ int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors,
     w->fd = -1;
     w->src_fd = -1;
     w->pfd = -1;
+    w->dfd = -1;
     if (opts->n_inputs) {
         w->inputs = calloc(opts->n_inputs, sizeof *w->inputs);
         if (!w->inputs) { rc = lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto bad; }
@@ -529,6 +534,9 @@ int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors,
 
     if ((rc = make_tmp(w, err))) { free(h.p); goto bad; }
     w->pfd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);   /* -1: lm_writer_pwrite reports it */
+    const char *dio = getenv("LIBMERGE_DIRECT_IO");
+    if (!dio || strcmp(dio, "0") != 0)
+        w->dfd = open(w->tmp, O_WRONLY | O_DIRECT | O_CLOEXEC);   /* -1 (tmpfs, …): buffered only */
     /* reserve the space now: a full disk or a file-size limit fails here,
      * before any work is done (filesystems without fallocate just skip it) */
     uint64_t total = w->data_start + w->data_len;
@@ -675,27 +683,65 @@ static int copy_bytes(lm_writer *w, uint64_t off, uint64_t n, lm_err *err)
     return 0;
 }
 
+/* pwrite(2) of every byte of [p, p + n) at file offset at; 0 or the errno. */
+static int pwrite_all(int fd, const unsigned char *p, size_t n, uint64_t at)
+{
+    while (n) {
+        ssize_t k = pwrite(fd, p, n > (1u << 30) ? (1u << 30) : n, (off_t)at);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return k < 0 ? errno : EIO;
+        p += k;
+        at += (uint64_t)k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+size_t lm_writer_direct_shift(const lm_writer *w, uint64_t off)
+{
+    return w->dfd >= 0 ? (size_t)((w->data_start + off) % LM_WRITER_DIRECT_ALIGN) : 0;
+}
+
 int lm_writer_pwrite(lm_writer *w, uint64_t off, const void *data, size_t nbytes, lm_err *err)
 {
-    /* reads only what open fixed (pfd, data_start, data_len, path): safe from any thread */
+    /* reads only what open fixed (pfd, dfd, data_start, data_len, path) and the atomic
+     * direct_off: safe from any thread */
     if (off > w->data_len || nbytes > w->data_len - off)
         return lm_err_set(err, LM_EUSAGE, w->path, NULL, (int64_t)(w->data_start + off),
                           "%zu bytes at data offset %llu run past the %llu declared in the header",
                           nbytes, (unsigned long long)off, (unsigned long long)w->data_len);
     if (w->pfd < 0) return lm_err_set(err, LM_EIO, w->path, NULL, LM_ERR_NO_OFFSET, "cannot write: no descriptor");
     const unsigned char *p = data;
-    uint64_t at = w->data_start + off;
-    while (nbytes) {
-        ssize_t k = pwrite(w->pfd, p, nbytes > (1u << 30) ? (1u << 30) : nbytes, (off_t)at);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) {
-            int e = k < 0 ? errno : EIO;
-            return lm_err_set(err, LM_EIO, w->path, NULL, (int64_t)at, "cannot write: %s", strerror(e));
+    const uint64_t at = w->data_start + off, A = LM_WRITER_DIRECT_ALIGN;
+    uint64_t a = (at + A - 1) / A * A, z = (at + nbytes) / A * A;   /* the whole blocks inside */
+    int e = 0;
+    if (w->dfd >= 0 && z > a && ((uintptr_t)(p + (a - at)) % A) == 0 && !__atomic_load_n(&w->direct_off, __ATOMIC_RELAXED)) {
+        /* the whole blocks go to the disk from p (O_DIRECT: no copy into the page cache,
+         * no writeback work for the kernel); the partial blocks at both ends, which the
+         * neighbouring tensors share, through the page cache. The two never touch the
+         * same page, so the page cache stays coherent with the direct writes. */
+        uint64_t done = 0;
+        while (a + done < z) {
+            size_t m = (size_t)(z - a - done > (1u << 30) ? (1u << 30) : z - a - done);
+            ssize_t k = pwrite(w->dfd, p + (a - at) + done, m, (off_t)(a + done));
+            if (k < 0 && errno == EINTR) continue;
+            if (k < 0 && errno == EINVAL && done == 0) {   /* the filesystem wants other alignment */
+                __atomic_store_n(&w->direct_off, 1, __ATOMIC_RELAXED);
+                break;
+            }
+            if (k <= 0) { e = k < 0 ? errno : EIO; break; }
+            done += (uint64_t)k;
+            if (done % A) break;          /* a short write off the block grid: rest buffered */
         }
-        p += k;
-        at += (uint64_t)k;
-        nbytes -= (size_t)k;
+        if (!e && done) {
+            if (!e) e = pwrite_all(w->pfd, p, (size_t)(a - at), at);
+            uint64_t r = a + done;        /* buffered from here to the end */
+            if (!e) e = pwrite_all(w->pfd, p + (r - at), (size_t)(at + nbytes - r), r);
+            if (!e) return 0;
+        }
     }
+    if (!e) e = pwrite_all(w->pfd, p, nbytes, at);
+    if (e) return lm_err_set(err, LM_EIO, w->path, NULL, (int64_t)at, "cannot write: %s", strerror(e));
     return 0;
 }
 
