@@ -156,6 +156,21 @@ static void test_bake_matches_numpy_f16(void)
     lm_source_close(o); lm_source_close(r); lm_source_close(b);
 }
 
+/* The workers update a tensor in blocks of rows (bake_worker.c: converted, updated,
+ * rounded per block, so the fp32 copy stays in cache). Forced to 3 rows (blocks end
+ * inside every module, the last one partial) and turned off (0: the whole-tensor path),
+ * both must still match the numpy reference. */
+static void test_bake_blocked_and_whole_paths_match_reference(void)
+{
+    setenv("LIBMERGE_BAKE_BLOCK_ROWS", "3", 1);
+    test_bake_matches_numpy_f32();
+    test_bake_matches_numpy_f16();
+    setenv("LIBMERGE_BAKE_BLOCK_ROWS", "0", 1);
+    test_bake_matches_numpy_f32();
+    test_bake_matches_numpy_f16();
+    unsetenv("LIBMERGE_BAKE_BLOCK_ROWS");
+}
+
 /* One fp16 ulp at magnitude m (normal range; 2^-24 below it). */
 static double ulp16(double m)
 {
@@ -602,6 +617,7 @@ int main(void)
     lm_atomic_install_signal_handlers();
     RUN(test_bake_matches_numpy_f32);
     RUN(test_bake_matches_numpy_f16);
+    RUN(test_bake_blocked_and_whole_paths_match_reference);
     RUN(test_bake_minus_lambda_returns_base);
     RUN(test_bake_equals_bake_of_exact_merge);
     RUN(test_bake_from_torch_checkpoint);

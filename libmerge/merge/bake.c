@@ -2,9 +2,11 @@
  *
  * Pipeline (merge.h): the main thread plans (every input opened and resolved, every shape
  * checked, the output path checked) before the first byte is written; then worker threads
- * compute the tensors that change (read W as fp32, lm_lora_apply each module, round once
- * to the output dtype) up to a bounded window ahead and write each in place
- * (lm_writer_pwrite, so the kernel's copies run in parallel), while the main thread goes
+ * compute the tensors that change (W as fp32 a block of rows at a time when every module
+ * is a plain up·down, else whole; + λ·ΔW per module; round once to the output dtype) up
+ * to a bounded window ahead and write each in place (lm_writer_pwrite: whole 4 KiB blocks
+ * with O_DIRECT from the worker's buffer, the rest through the page cache, all workers at
+ * once), while the main thread goes
  * through the file in order, copying untouched tensors (copy_file_range) and stepping over
  * the updated ones (lm_writer_skip). OpenBLAS runs one thread per
  * call (openblas_set_num_threads(1)) so workers × BLAS threads never exceed the workers.
@@ -296,9 +298,13 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     if ((size_t)nth > b.njobs) nth = b.njobs ? (int)b.njobs : 0;
     b.hashed = o.hash_output ? 0 : (size_t)-1;
     b.window = (size_t)nth + 1;   /* output buffers: resident memory ≈ window × largest output
-                                     + workers × 2 × largest fp32 tensor */
+                                     + per worker a block (blocked tensors) or the largest
+                                     fp32 tensor and its ΔW (the others) */
     b.pool = calloc(b.window, sizeof *b.pool);
-    for (size_t i = 0; b.pool && i < b.window; i++) b.pool[i] = malloc(max_out ? max_out : 1);
+    /* aligned, one block larger: a tensor sits at its output offset's place in a block,
+     * so the writer sends its whole blocks with O_DIRECT (lm_writer_direct_shift) */
+    for (size_t i = 0; b.pool && i < b.window; i++)
+        if (posix_memalign(&b.pool[i], LM_WRITER_DIRECT_ALIGN, max_out + LM_WRITER_DIRECT_ALIGN)) b.pool[i] = NULL;
     pthread_mutex_init(&b.mu, NULL);
     pthread_cond_init(&b.cv_done, NULL);
     pthread_cond_init(&b.cv_space, NULL);

@@ -9,12 +9,13 @@
 
 /* ---- workers ------------------------------------------------------------------- */
 
-/* Per-worker buffers: W sized once for the largest updated tensor; ΔW (only for modules
- * that are not plain up·down) and the factors grow as needed and are kept, so the steady
- * state allocates nothing (no page faults on fresh memory per tensor). */
+/* Per-worker buffers, grown as needed and kept, so the steady state allocates nothing
+ * (no page faults on fresh memory per tensor): W (the whole tensor as fp32, only for
+ * tensors the blocked path does not take), ΔW (modules that are not plain up·down), the
+ * factors, and the blocked path's block and factors. */
 typedef struct wbuf {
-    float *W, *dw, *up, *down;
-    size_t dwcap, upcap, downcap;
+    float *W, *dw, *up, *down, *blk, *fac;
+    size_t Wcap, dwcap, upcap, downcap, blkcap, faccap;
 } wbuf;
 
 static int grow(float **p, size_t *cap, size_t n)
@@ -57,16 +58,141 @@ static int add_plain(const lm_lora *l, size_t mod, float lam, float *W, int64_t 
     return 0;
 }
 
+/* ---- blocked updates ------------------------------------------------------------ */
+
+/* A plain module's factors as fp32, ready for W[row0 .. row0+rows) += alpha·up·down. */
+typedef struct plainf {
+    const float *up, *down;   /* [rows, r], [r, per] */
+    int64_t row0, rows, r;
+    float alpha;
+} plainf;
+
+/* Reads the factors of every update of tensor t into wb->fac when all of them are plain
+ * up·down modules (no DoRA, no bias, factors that flatten to [rows, r] and [r, per]).
+ * Returns the count, 0 when some update is not plain (then the whole-tensor path runs),
+ * or -1 with r->err set. */
+static int plain_factors(bake *b, size_t t, int64_t per, wbuf *wb, plainf *pf, int maxpf, lm_err *err)
+{
+    size_t nu = b->uoff[t + 1] - b->uoff[t], need = 0;
+    if (nu > (size_t)maxpf) return 0;
+    for (size_t k = 0; k < nu; k++) {
+        const upd *u = &b->upds[b->uoff[t] + k];
+        const lm_lora *l = b->loras[u->lora];
+        const lm_lora_module *m = lm_lora_module_at(l, u->mod);
+        if (u->dora || u->bias || m->kind != LM_MOD_LORA || m->has_dora || m->rank <= 0) return 0;
+        const lm_source *ls = lm_lora_source(l);
+        int64_t eu = lm_lora_factor_entry(l, u->mod, LM_FAC_UP), ed = lm_lora_factor_entry(l, u->mod, LM_FAC_DOWN);
+        if (eu < 0 || ed < 0 || lm_source_entry(ls, (size_t)eu)->numel != u->rows * m->rank ||
+            lm_source_entry(ls, (size_t)ed)->numel != m->rank * per)
+            return 0;
+        need += (size_t)(m->rank * (u->rows + per));
+    }
+    if (grow(&wb->fac, &wb->faccap, need)) {
+        lm_err_set(err, LM_ENOMEM, NULL, lm_source_entry(b->src, t)->name, LM_ERR_NO_OFFSET, "out of memory");
+        return -1;
+    }
+    float *p = wb->fac;
+    for (size_t k = 0; k < nu; k++) {
+        const upd *u = &b->upds[b->uoff[t] + k];
+        const lm_lora *l = b->loras[u->lora];
+        const lm_lora_module *m = lm_lora_module_at(l, u->mod);
+        const lm_source *ls = lm_lora_source(l);
+        int64_t r = m->rank;
+        pf[k] = (plainf){ p, p + u->rows * r, u->row0, u->rows, r, (float)b->in[u->lora].lambda * m->scale };
+        int rc = read_factor(ls, lm_lora_factor_entry(l, u->mod, LM_FAC_UP), p, err);
+        if (!rc) rc = read_factor(ls, lm_lora_factor_entry(l, u->mod, LM_FAC_DOWN), p + u->rows * r, err);
+        if (rc) {
+            lm_err_file(err, b->in[u->lora].path);
+            lm_err_key(err, m->name);
+            return -1;
+        }
+        p += r * (u->rows + per);
+    }
+    return (int)nu;
+}
+
+/* A block is at least 256 rows (OpenBLAS packs the whole down factor for every call, so a
+ * block of rb rows does 2·rb products per packed element: at 64 rows the packing cost a
+ * fifth of the sgemm time) and about 1 MiB of fp32 (a core's L2) when the rows are short. */
+#define BLOCK_ROWS_MIN 256
+#define BLOCK_FLOATS ((int64_t)1 << 18)
+
+/* Tensor t when every update is a plain module and the base is mapped as F16, BF16 or
+ * F32: W is converted, updated (one sgemm per module, beta 1), scanned and rounded one
+ * block of rows at a time, so its fp32 copy stays in cache instead of crossing memory
+ * three times (converted, updated, rounded). The same products and the same single
+ * rounding as the whole-tensor path (OpenBLAS may order a sum differently at a block
+ * edge: at most one fp32 rounding apart). Returns 1 when t does not qualify. */
+static int compute_blocked(bake *b, size_t t, wbuf *wb, void *out, result *r)
+{
+    const lm_entry *e = lm_source_entry(b->src, t);
+    const uint8_t *raw = lm_source_raw(b->src, t);
+    lm_dtype idt = e->dtype, odt = b->odt[t];
+    if (!raw || e->ndim < 2 || (idt != LM_DT_F16 && idt != LM_DT_BF16 && idt != LM_DT_F32) ||
+        (odt != LM_DT_F16 && odt != LM_DT_BF16 && odt != LM_DT_F32))
+        return 1;
+    /* LIBMERGE_BAKE_BLOCK_ROWS: rows per block (tests use a few to cross block edges
+     * on small tensors); 0 turns the blocked path off */
+    const char *env = getenv("LIBMERGE_BAKE_BLOCK_ROWS");
+    const int64_t forced = env ? atoll(env) : -1;
+    if (forced == 0) return 1;
+    const int64_t rows = e->shape[0], per = e->numel / rows;
+    plainf pf[8];
+    int np = plain_factors(b, t, per, wb, pf, 8, &r->err);
+    if (np < 0) return -1;
+    if (np == 0) return 1;
+    int64_t rb = BLOCK_FLOATS / per;
+    rb = rb < BLOCK_ROWS_MIN ? BLOCK_ROWS_MIN : rb;
+    if (forced > 0) rb = forced;
+    rb = rb > rows ? rows : rb;
+    if (grow(&wb->blk, &wb->blkcap, (size_t)(rb * per)))
+        return lm_err_set(&r->err, LM_ENOMEM, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET, "out of memory");
+    const size_t isz = lm_dtype_size(idt), osz = lm_dtype_size(odt);
+    uint8_t *o = out;
+    float *B = wb->blk;
+    int64_t nf = 0, ov = 0;
+    for (int64_t a = 0; a < rows; a += rb) {
+        const int64_t m = rows - a < rb ? rows - a : rb;
+        const size_t n = (size_t)(m * per);
+        lm_convert(B, LM_DT_F32, raw + (size_t)(a * per) * isz, idt, n);
+        for (int k = 0; k < np; k++) {
+            const plainf *p = &pf[k];
+            int64_t i0 = p->row0 > a ? p->row0 : a, i1 = p->row0 + p->rows < a + m ? p->row0 + p->rows : a + m;
+            if (i1 <= i0) continue;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(i1 - i0), (int)per, (int)p->r, p->alpha,
+                        p->up + (i0 - p->row0) * p->r, (int)p->r, p->down, (int)per, 1.0f, B + (i0 - a) * per, (int)per);
+        }
+        nf += lmm_count_nonfinite(B, LM_DT_F32, n);
+        int64_t c = lm_convert_from_f32(o + (size_t)(a * per) * osz, odt, B, n);
+        if (c < 0) return lm_err_set(&r->err, (int)c, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET,
+                                     "cannot store %s", lm_dtype_name(odt));
+        ov += c;
+    }
+    if (nf) {   /* leave out values that were already NaN/±Inf in the base */
+        int64_t had = lmm_count_nonfinite(raw, idt, (size_t)e->numel);
+        nf = nf > had ? nf - had : 0;
+    }
+    r->nonfinite = nf;
+    r->buf = out;
+    r->nbytes = (size_t)e->numel * osz;
+    r->overflow = ov;
+    return 0;
+}
+
 /* Computes updated tensor t into out (b->odt[t] elements): W read as fp32; plain modules
  * added as W[rows] += λ·scale·up·down (sgemm, beta 1); other kinds through lm_lora_delta
  * and saxpy; bias updates; then the DoRA modules one at a time through lm_lora_apply;
  * then one rounding. */
 static int compute(bake *b, size_t t, wbuf *wb, void *out, result *r)
 {
+    int rc = compute_blocked(b, t, wb, out, r);
+    if (rc != 1) return rc;
     const lm_entry *e = lm_source_entry(b->src, t);
     size_t n = (size_t)e->numel;
+    if (grow(&wb->W, &wb->Wcap, n))
+        return lm_err_set(&r->err, LM_ENOMEM, lm_source_path(b->src), e->name, LM_ERR_NO_OFFSET, "out of memory");
     float *W = wb->W;
-    int rc = lm_source_read_f32(b->src, t, W, &r->err);
+    rc = lm_source_read_f32(b->src, t, W, &r->err);
     if (rc) return rc;
     int64_t per = e->ndim > 1 ? e->numel / e->shape[0] : 1;
     for (size_t k = b->uoff[t]; k < b->uoff[t + 1] && !rc; k++) {
@@ -111,7 +237,8 @@ static int compute(bake *b, size_t t, wbuf *wb, void *out, result *r)
 void *lmb_worker(void *arg)
 {
     bake *b = arg;
-    wbuf wb = { malloc(b->max_numel * sizeof(float)), NULL, NULL, NULL, 0, 0, 0 };
+    wbuf wb;
+    memset(&wb, 0, sizeof wb);
     pthread_mutex_lock(&b->mu);
     for (;;) {
         if (b->stop || b->next_job >= b->njobs) break;
@@ -122,19 +249,22 @@ void *lmb_worker(void *arg)
             continue;
         }
         b->next_job++;
+        lm_writer *w = b->w;
         pthread_mutex_unlock(&b->mu);
         result r;
         memset(&r, 0, sizeof r);
-        void *out = b->pool[j % b->window];
-        if (!wb.W || !out)
+        uint8_t *out = b->pool[j % b->window];
+        if (!out)
             r.rc = lm_err_set(&r.err, LM_ENOMEM, lm_source_path(b->src), NULL, LM_ERR_NO_OFFSET, "out of memory");
         else
-            r.rc = compute(b, b->jobs[j], &wb, out, &r);
-        /* the kernel's copy into the page cache is the writer thread's largest cost: done
-         * here, it runs on every worker at once (the writer then only steps over it) */
-        pthread_mutex_lock(&b->mu);
-        lm_writer *w = b->w;
-        pthread_mutex_unlock(&b->mu);
+            r.rc = compute(b, b->jobs[j], &wb, w ? out + lm_writer_direct_shift(w, b->out_off[b->jobs[j]]) : out, &r);
+        /* written here, on every worker at once (the writer then only steps over it): the
+         * whole blocks with O_DIRECT from the buffer, the rest copied into the page cache */
+        if (!w) {
+            pthread_mutex_lock(&b->mu);
+            w = b->w;
+            pthread_mutex_unlock(&b->mu);
+        }
         if (!r.rc && w && !(r.overflow || r.nonfinite)) {
             r.rc = lm_writer_pwrite(w, b->out_off[b->jobs[j]], r.buf, r.nbytes, &r.err);
             r.written = !r.rc;
@@ -149,6 +279,8 @@ void *lmb_worker(void *arg)
     free(wb.dw);
     free(wb.up);
     free(wb.down);
+    free(wb.blk);
+    free(wb.fac);
     return NULL;
 }
 
