@@ -164,8 +164,34 @@ static void test_vae_banded_matches_untiled(void) { check_banded(NULL); }
 /* Winograd at every width: the band path's Winograd convs and fused up2 */
 static void test_vae_banded_winograd(void) { check_banded("winograd"); }
 
+/* Automatic mode (tile 0) above 64×64 latents decodes in bands (of equal
+ * height, from the memory budget: 3 at level 3 here) and still equals the
+ * untiled decode. */
+static void test_vae_auto_banded(void)
+{
+    lm_err e;
+    model m;
+    int rc = open_model(&m, FIXTURE("golden/sd15/vae_diffusers.safetensors"), &e);
+    if (rc) { close_model(&m); CHECK_OK(rc, &e); }
+    enum { h = 66, w = 65, N = 3 * h * 8 * w * 8 };
+    float *z = malloc(4 * h * w * sizeof *z), *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b);
+    for (int i = 0; i < 4 * h * w; i++) z[i] = 0.7f * sinf(0.37f * (float)(i % w) + 0.11f * (float)(i / w));
+    lm_vae_decode_opts o = LM_VAE_DECODE_OPTS_INIT;
+    o.tile = -1;
+    int r1 = lm_vae_decode(m.v, z, h, w, &o, a, &e);
+    o.tile = 0;
+    int r2 = r1 ? r1 : lm_vae_decode(m.v, z, h, w, &o, b, &e);
+    double mx = r2 ? INFINITY : max_abs_diff(a, b, N);
+    free(z); free(a); free(b);
+    close_model(&m);
+    CHECK_OK(r2, &e);
+    printf("# automatic bands %dx%d: max |diff| %.3g\n", h, w, mx);
+    CHECK_MSG(mx <= 1e-4, "automatic bands vs untiled: max |diff| %.3g", mx);
+}
+
 /* A temporary directory that cannot be used, files that cannot grow:
- * LM_EIO naming the directory and the reason, no crash. */
+ * LM_EIO naming the directory and the reason, no crash; automatic mode
+ * needs the directory only above 64×64 latents (that is when it bands). */
 static void test_vae_banded_tmpdir_error(void)
 {
     lm_err e;
@@ -179,6 +205,14 @@ static void test_vae_banded_tmpdir_error(void)
     lm_vae_decode_opts o = LM_VAE_DECODE_OPTS_INIT;
     o.tile = 2;
     rc = lm_vae_decode(m.v, z, 4, 4, &o, img, &e);
+    /* automatic: untiled (no file) up to 64×64 latents, bands above */
+    lm_err e3;
+    o.tile = 0;
+    int rc_small = lm_vae_decode(m.v, z, 4, 4, &o, img, &e3);
+    float *zb = calloc(4 * 65 * 65, sizeof *zb), *ib = malloc(3 * 520 * 520 * sizeof *ib);
+    int rc_big = zb && ib ? lm_vae_decode(m.v, zb, 65, 65, &o, ib, &e3) : -1;
+    free(zb); free(ib);
+    o.tile = 2;
     if (saved) setenv("TMPDIR", saved, 1); else unsetenv("TMPDIR");
     free(saved);
     /* files that cannot grow (RLIMIT_FSIZE 4 KiB: the reservation fails
@@ -199,6 +233,8 @@ static void test_vae_banded_tmpdir_error(void)
     CHECK_EQ_INT(rc, LM_EIO);
     CHECK(strstr(e.file, "/nonexistent/libmerge-test") != NULL);
     CHECK(strstr(e.msg, "temporary") != NULL);
+    CHECK_EQ_INT(rc_small, 0);
+    CHECK_EQ_INT(rc_big, LM_EIO);
     CHECK_EQ_INT(rc2, LM_EIO);
     CHECK(strstr(e2.msg, "temporary activations") != NULL);
 }
@@ -255,6 +291,7 @@ int main(void)
     RUN(test_vae_ldm_layout);
     if (!UNDER_VALGRIND()) RUN(test_vae_banded_matches_untiled);   /* minutes under valgrind */
     if (!UNDER_VALGRIND()) RUN(test_vae_banded_winograd);
+    if (!UNDER_VALGRIND()) RUN(test_vae_auto_banded);
     RUN(test_vae_banded_tmpdir_error);
     RUN(test_vae_image_to_u8);
     if (!UNDER_VALGRIND()) RUN(test_vae_winograd_goldens);   /* test_ops test_conv3x3_winograd covers the op there */
