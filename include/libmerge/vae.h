@@ -110,7 +110,11 @@ typedef struct lm_vae_decode_opts {
  * (Winograd recomputes two rows a band; every activation is copied through
  * the page cache: ~7% of the time). Peak RSS 695 MiB at 1024 px (the mid
  * block's attention over 128×128 positions is then the peak) against 3044
- * MiB untiled; 587 MiB at 512 px (bands of 8) against 1113 MiB.
+ * MiB untiled; 587 MiB at 512 px (bands of 8) against 1113 MiB. What
+ * still grows with the image is the in-memory front at latent resolution
+ * (1/64 of the pixels): three activations plus the attention's q, k, v and
+ * output, 7·ch[levels-1]·h·w floats (SD1.5: 224 MiB at 1024 px, 896 MiB at
+ * 2048 px); the bands themselves stay near 128 MiB (automatic).
  * Temporary disk: two unlinked files (O_TMPFILE, else mkstemp + unlink: no
  * name is left, even after a crash) in $TMPDIR, else /tmp, reserved up front (fallocate) for the largest
  * activation each holds (the files alternate: x and out of a resnet in one,
