@@ -54,6 +54,10 @@ typedef struct lm_file_hashes {
  * or its header length runs past the end. Errors: LM_EIO (cannot open/read),
  * LM_ENOMEM, LM_EINTERNAL (libcrypto failure). */
 int lm_hash_file(const char *path, int which, lm_file_hashes *out, lm_err *err);
+/* The same over an open descriptor (pread only: its position is left alone), for a
+ * caller that must hash the file it opened even if the name is removed or replaced
+ * meanwhile; path names it in errors. fd stays open. Errors: as lm_hash_file. */
+int lm_hash_fd(int fd, const char *path, int which, lm_file_hashes *out, lm_err *err);
 
 /* SHA-256 of n bytes, as 64 lowercase hex digits plus NUL. */
 void lm_sha256_hex(const void *data, size_t n, char hex[65]);

@@ -59,6 +59,9 @@ typedef struct lm_open_opts {
  * pickled first makes it LM_FMT_TORCH_LEGACY). Returns 0 and sets *fmt
  * (LM_FMT_UNKNOWN when nothing matched), or LM_EIO naming path. */
 int lm_detect_format(const char *path, lm_format *fmt, lm_err *err);
+/* The same from an open descriptor (read with pread at offset 0, so its file
+ * position is left alone); path names the file in errors. */
+int lm_detect_format_fd(int fd, const char *path, lm_format *fmt, lm_err *err);
 /* "safetensors", "torch-zip", "torch-legacy", "pickle", "gguf", "zip", "unknown". */
 const char *lm_format_name(lm_format f);
 

@@ -11,6 +11,7 @@
 #include "libmerge/source.h"
 #include "libmerge/writer.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@ typedef struct plan_item {
 
 typedef struct hash_job {
     const char *path;
+    int fd;            /* opened before the output appears: the file converted is the one hashed */
     char hex[65];
     int rc;
     lm_err err;
@@ -42,7 +44,8 @@ static void *hash_thread(void *arg)
 {
     hash_job *h = arg;
     lm_file_hashes fh;
-    h->rc = lm_hash_file(h->path, LM_HASH_SHA256, &fh, &h->err);
+    h->rc = h->fd >= 0 ? lm_hash_fd(h->fd, h->path, LM_HASH_SHA256, &fh, &h->err)
+                       : lm_hash_file(h->path, LM_HASH_SHA256, &fh, &h->err);
     if (!h->rc) memcpy(h->hex, fh.sha256, sizeof h->hex);
     return NULL;
 }
@@ -326,7 +329,7 @@ int lm_model_convert(const char *in_path, const char *out_path, const lm_convert
     if (rc) return rc;
     r->n_in = lm_source_count(c.s);
 
-    hash_job hj = { .path = in_path };
+    hash_job hj = { .path = in_path, .fd = open(in_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) };
     pthread_t th;
     int hashing = pthread_create(&th, NULL, hash_thread, &hj) == 0;
     if (!hashing) hash_thread(&hj);
@@ -364,6 +367,7 @@ int lm_model_convert(const char *in_path, const char *out_path, const lm_convert
         if (o->on_progress) o->on_progress(o->ctx, done, total);
     }
     if (hashing) pthread_join(th, NULL);
+    if (hj.fd >= 0) close(hj.fd);
     if (!rc && hj.rc) { rc = hj.rc; if (err) *err = hj.err; }
     if (!rc) {
         memcpy(r->source_sha256, hj.hex, sizeof r->source_sha256);

@@ -67,16 +67,12 @@ static ssize_t pread_full(int fd, unsigned char *p, size_t n, uint64_t off)
 
 /* Data area start of a safetensors file (8 + N), or 0 when the file does not
  * look like one (its first bytes, not its name, decide: as lm_detect_format). */
-static uint64_t data_start(const char *path, uint64_t size)
+static uint64_t data_start(int fd, const char *path, uint64_t size)
 {
     lm_format f;
-    if (lm_detect_format(path, &f, NULL) || f != LM_FMT_SAFETENSORS) return 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
+    if (lm_detect_format_fd(fd, path, &f, NULL) || f != LM_FMT_SAFETENSORS) return 0;
     unsigned char le[8];
-    ssize_t k = pread_full(fd, le, 8, 0);
-    close(fd);
-    if (k != 8) return 0;
+    if (pread_full(fd, le, 8, 0) != 8) return 0;
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = (n << 8) | le[i];
     if (n > size - 8) return 0;
@@ -128,13 +124,19 @@ int lm_hash_file(const char *path, int which, lm_file_hashes *out, lm_err *err)
     memset(out, 0, sizeof *out);
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block the open */
     if (fd < 0) return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "cannot open: %s", strerror(errno));
+    int rc = lm_hash_fd(fd, path, which, out, err);
+    close(fd);
+    return rc;
+}
+
+int lm_hash_fd(int fd, const char *path, int which, lm_file_hashes *out, lm_err *err)
+{
+    memset(out, 0, sizeof *out);
     struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        close(fd);
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode))
         return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "not a regular file");
-    }
     uint64_t size = (uint64_t)st.st_size;
-    uint64_t ds = (which & LM_HASH_ADDNET) && size >= 8 ? data_start(path, size) : 0;
+    uint64_t ds = (which & LM_HASH_ADDNET) && size >= 8 ? data_start(fd, path, size) : 0;
     int rc = 0;
 
     if (which & LM_HASH_AUTOV1) {
@@ -176,6 +178,5 @@ int lm_hash_file(const char *path, int which, lm_file_hashes *out, lm_err *err)
         out->have |= LM_HASH_ADDNET;
     }
 out:
-    close(fd);
     return rc;
 }

@@ -24,23 +24,18 @@ const char *lm_format_name(lm_format f)
     }
 }
 
-int lm_detect_format(const char *path, lm_format *fmt, lm_err *err)
+int lm_detect_format_fd(int fd, const char *path, lm_format *fmt, lm_err *err)
 {
     unsigned char b[16] = {0};
-    /* O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever;
-     * only regular files can be mapped, so anything else is refused here. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "cannot open: %s", strerror(errno));
+    /* only regular files can be mapped, so anything else is refused here */
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         int dir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
-        close(fd);
         return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET,
                           dir ? "is a directory, not a model file" : "not a regular file (a FIFO, device or socket?)");
     }
-    ssize_t got = read(fd, b, sizeof b);
+    ssize_t got = pread(fd, b, sizeof b, 0);
     int saved = errno;
-    close(fd);
     if (got < 0) return lm_err_set(err, LM_EIO, path, NULL, 0, "cannot read: %s", strerror(saved));
     *fmt = LM_FMT_UNKNOWN;
     if (got >= 4 && memcmp(b, "PK\x03\x04", 4) == 0) { *fmt = LM_FMT_ZIP; return 0; } /* refined by the torch backend */
@@ -58,6 +53,16 @@ int lm_detect_format(const char *path, lm_format *fmt, lm_err *err)
     }
     if (got >= 2 && b[0] == 0x80 && b[1] <= 5) *fmt = LM_FMT_PICKLE;
     return 0;
+}
+
+int lm_detect_format(const char *path, lm_format *fmt, lm_err *err)
+{
+    /* O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return lm_err_set(err, LM_EIO, path, NULL, LM_ERR_NO_OFFSET, "cannot open: %s", strerror(errno));
+    int rc = lm_detect_format_fd(fd, path, fmt, err);
+    close(fd);
+    return rc;
 }
 
 int lm_source_open(lm_source **out, const char *path, const lm_open_opts *opts, lm_err *err)
