@@ -4,23 +4,25 @@
  * checked, the output path checked) before the first byte is written; then worker threads
  * compute the tensors that change (W as fp32 a block of rows at a time when every module
  * is a plain up·down, else whole; + λ·ΔW per module; round once to the output dtype) up
- * to a bounded window ahead and write each in place (lm_writer_pwrite: whole 4 KiB blocks
+ * to a bounded distance ahead (the output ring) and write each in place (lm_writer_pwrite: whole 4 KiB blocks
  * with O_DIRECT from the worker's buffer, the rest through the page cache, all workers at
  * once), while the main thread goes
  * through the file in order, copying untouched tensors (copy_file_range) and stepping over
  * the updated ones (lm_writer_skip). OpenBLAS runs one thread per
  * call (openblas_set_num_threads(1)) so workers × BLAS threads never exceed the workers.
  * Base pages are released (madvise DONTNEED) once written, so resident memory stays about
- * the window, not the model. The base's SHA-256 for the recipe is computed by its own
+ * the ring, not the model. The base's SHA-256 for the recipe is computed by its own
  * thread (lm_hash_file), started once planning has passed, overlapping the bake; the output's data hash by
  * another, next to the writes. Files: bake_plan.c, bake_worker.c, bake_hash.c. */
 #include "bake_impl.h"
 #include "meta.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cblas.h>
 
 /* ---- the bake ------------------------------------------------------------------- */
@@ -143,7 +145,7 @@ static int run_pipeline(bake *b, lm_writer *w, const lm_bake_opts *o, lm_bake_re
             rc = r->written ? lm_writer_skip(w, r->nbytes, err) : emit(b, w, r->buf, r->nbytes, err);
             const void *raw = lm_source_raw(b->src, t);
             if (raw) release_pages(raw, e->nbytes);
-            /* r->buf is pool[j % window]: reused by job j + window once written and hashed */
+            /* r->buf is in the ring: its region is reused once written and hashed */
             pthread_mutex_lock(&b->mu);
             b->consumed = ++j;
             pthread_cond_broadcast(&b->cv_space);
@@ -219,6 +221,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     int nth = 0, hash_started = 0, mu_init = 0;
     hash_job hb, hb_final;
     memset(&hb, 0, sizeof hb);
+    hb.fd = -1;
     memset(&hb_final, 0, sizeof hb_final);
     if (!inputs || !paths || !lh || !legacy) { rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
     inputs[0] = base;
@@ -229,6 +232,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
      * describes the file the source maps (libmerge/hash.h) */
     hb.cached = lm_hash_cache_get(base, &hb.key, hb.hex);
     if ((rc = lm_source_open(&src, base, NULL, err))) goto done;
+    hb.fd = open(base, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* before the output exists */
     lmm_legacy_hash_source(src, base, lh[0]);
     legacy[0] = lh[0];
     if ((rc = lm_keymap_build(&km, src, err))) { lm_err_file(err, base); goto done; }
@@ -297,14 +301,21 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     nth = lmm_threads(o.threads);
     if ((size_t)nth > b.njobs) nth = b.njobs ? (int)b.njobs : 0;
     b.hashed = o.hash_output ? 0 : (size_t)-1;
-    b.window = (size_t)nth + 1;   /* output buffers: resident memory ≈ window × largest output
-                                     + per worker a block (blocked tensors) or the largest
-                                     fp32 tensor and its ΔW (the others) */
-    b.pool = calloc(b.window, sizeof *b.pool);
-    /* aligned, one block larger: a tensor sits at its output offset's place in a block,
-     * so the writer sends its whole blocks with O_DIRECT (lm_writer_direct_shift) */
-    for (size_t i = 0; b.pool && i < b.window; i++)
-        if (posix_memalign(&b.pool[i], LM_WRITER_DIRECT_ALIGN, max_out + LM_WRITER_DIRECT_ALIGN)) b.pool[i] = NULL;
+    /* the output ring: resident memory ≈ the ring + per worker a block (blocked tensors)
+     * or the largest fp32 tensor and its ΔW (the others). Sized in bytes, not tensors, so
+     * the workers run far ahead over small tensors while the in-order threads (copies,
+     * output hash) go through a stretch of untouched ones. A job's region is its size
+     * rounded to whole blocks plus one, so its bytes can sit at its output offset's place
+     * in a block (lm_writer_direct_shift: the writer sends its whole blocks O_DIRECT). */
+    const size_t A = LM_WRITER_DIRECT_ALIGN;
+    size_t all = 0;                   /* every job's region: a small bake needs no more */
+    for (size_t j = 0; j < b.njobs; j++)
+        all += ((size_t)lm_source_entry(src, b.jobs[j])->numel * lm_dtype_size(b.odt[b.jobs[j]]) + A - 1) / A * A + A;
+    b.ring_size = all < ((size_t)192 << 20) ? all : (size_t)192 << 20;
+    if (b.ring_size < (max_out + 2 * A) / A * A) b.ring_size = (max_out + 2 * A) / A * A;
+    b.voff = calloc(b.njobs ? b.njobs : 1, sizeof *b.voff);
+    if (posix_memalign((void **)&b.ring, A, b.ring_size)) b.ring = NULL;
+    if (!b.voff || !b.ring) { free(wt); rc = lm_err_set(err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory"); goto done; }
     pthread_mutex_init(&b.mu, NULL);
     pthread_cond_init(&b.cv_done, NULL);
     pthread_cond_init(&b.cv_space, NULL);
@@ -410,9 +421,10 @@ stop:
     openblas_set_num_threads(blas_threads);
 done:
     if (hash_started) pthread_join(hth, NULL);
+    if (hb.fd >= 0) close(hb.fd);
     lm_writer_abort(w);
-    for (size_t i = 0; b.pool && i < b.window; i++) free(b.pool[i]);
-    free(b.pool);
+    free(b.ring);
+    free(b.voff);
     if (mu_init) {
         pthread_mutex_destroy(&b.mu);
         pthread_cond_destroy(&b.cv_done);

@@ -29,14 +29,13 @@ static int hash_mapped(hash_job *h)
         pos += e->nbytes;
         if (t + 1 == nt && pos != size) return 1;
     }
-    int fd = open(h->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    int fd = h->fd;
     if (fd < 0) return 1;
     struct stat st;
     unsigned char *hdr = malloc((size_t)at);
     EVP_MD_CTX *c = EVP_MD_CTX_new();
     int ok = hdr && c && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == size &&
              pread(fd, hdr, (size_t)at, 0) == (ssize_t)at && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1;
-    close(fd);
     if (ok) EVP_DigestUpdate(c, hdr, (size_t)at);
     free(hdr);
     const size_t chunk = 8u << 20;
@@ -70,7 +69,18 @@ void *lmb_base_hash_thread(void *arg)
         h->bytes = h->key.size;
         h->rc = 0;
     } else if (hash_mapped(h)) {
-        h->rc = lmm_sha256_file(h->path, h->hex, &h->bytes, &h->err);
+        if (h->fd < 0) {
+            h->rc = lmm_sha256_file(h->path, h->hex, &h->bytes, &h->err);
+        } else {
+            lm_file_hashes fh;
+            struct stat st;
+            h->rc = lm_hash_fd(h->fd, h->path, LM_HASH_SHA256, &fh, &h->err);
+            if (!h->rc) {
+                memcpy(h->hex, fh.sha256, sizeof h->hex);
+                h->bytes = fstat(h->fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+                lm_hash_cache_put(&h->key, h->hex);
+            }
+        }
     } else {
         lm_hash_cache_put(&h->key, h->hex);   /* stored only if the file is as keyed */
     }
@@ -94,8 +104,8 @@ void *lmb_out_hash_thread(void *arg)
         const lm_entry *e = lm_source_entry(b->src, t);
         if (b->mode[t] == MODE_UPDATE) {
             pthread_mutex_lock(&b->mu);
-            while (!b->res[j].done && !b->stop) pthread_cond_wait(&b->cv_done, &b->mu);
-            ok = b->res[j].done && !b->res[j].rc && !b->stop;
+            while (!b->res[j].ready && !b->stop) pthread_cond_wait(&b->cv_done, &b->mu);
+            ok = b->res[j].ready && !b->res[j].rc && !b->stop;
             const void *buf = b->res[j].buf;
             size_t nb = b->res[j].nbytes;
             pthread_mutex_unlock(&b->mu);

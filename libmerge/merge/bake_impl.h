@@ -26,7 +26,8 @@ typedef struct result {
     int64_t overflow;  /* finite → ±Inf on the cast to the output dtype */
     int64_t nonfinite; /* NaN/±Inf made by the update from finite base values */
     int written;       /* 1: the worker wrote it in place (lm_writer_pwrite) */
-    int done, rc;
+    int ready;         /* computed: buf may be hashed (the write may still be going on) */
+    int done, rc;      /* done: computed and, if the worker writes it, written */
     lm_err err;
 } result;
 
@@ -43,9 +44,13 @@ typedef struct bake {
     result *res;
     pthread_mutex_t mu;
     pthread_cond_t cv_done, cv_space;
-    size_t next_job, consumed, window;
+    size_t next_job, consumed;
     size_t max_numel;  /* largest updated tensor */
-    void **pool;       /* window output buffers, job j uses pool[j % window] */
+    uint8_t *ring;     /* output buffer ring (aligned): job j's region starts at
+                          ring + voff[j] % ring_size; released once written and hashed */
+    size_t ring_size;  /* bytes, a multiple of LM_WRITER_DIRECT_ALIGN */
+    uint64_t ring_head;/* virtual offset where the next job's region starts */
+    uint64_t *voff;    /* njobs: virtual offset of each job's region */
     int stop;
     EVP_MD_CTX *md;    /* SHA-256 of the output's data area (its own thread), or NULL */
     size_t hashed;     /* update jobs hashed (SIZE_MAX without hashing) */
@@ -57,6 +62,8 @@ typedef struct bake {
 
 typedef struct hash_job {
     const char *path;
+    int fd;                 /* the base, opened before the output appears (or -1): the file
+                               baked is the file hashed even if its name goes away */
     const lm_source *src;   /* the open base: hashed from its mapping when it can be */
     lm_hash_cache_key key;  /* taken before the base was opened (libmerge/hash.h) */
     int cached;             /* hex came from the SHA-256 cache */
@@ -81,7 +88,7 @@ static inline double lmb_now(void)
  * per-LoRA counts of rep. Every shape is checked here. Errors: LM_EMISMATCH, LM_ENOMEM. */
 int lmb_plan(bake *b, const lm_keymap *km, const lm_bake_opts *o, lm_bake_report *rep, lm_err *err);
 
-/* Worker thread (arg: bake *): computes update jobs in order, within the pool window. */
+/* Worker thread (arg: bake *): computes update jobs in order, within the output ring. */
 void *lmb_worker(void *arg);
 
 /* Thread computing the SHA-256 of the whole base file (arg: hash_job *). */

@@ -1,5 +1,5 @@
 /* lm_bake's workers: each computes an updated tensor (W as fp32, + λ·ΔW per module, DoRA
- * last, one rounding) into a pool buffer, in file order, a bounded window ahead of the
+ * last, one rounding) into the output ring, in file order, a bounded distance ahead of the
  * writer. OpenBLAS is single-threaded inside them (lm_bake sets it). */
 #include "bake_impl.h"
 
@@ -243,36 +243,48 @@ void *lmb_worker(void *arg)
     for (;;) {
         if (b->stop || b->next_job >= b->njobs) break;
         size_t j = b->next_job;
-        size_t low = b->consumed < b->hashed ? b->consumed : b->hashed;
-        if (j >= low + b->window) {               /* bounded lookahead: the output pool */
+        size_t low = b->consumed < b->hashed ? b->consumed : b->hashed;   /* oldest job in use */
+        const lm_entry *je = lm_source_entry(b->src, b->jobs[j]);
+        const uint64_t A = LM_WRITER_DIRECT_ALIGN, R = b->ring_size;
+        uint64_t need = ((uint64_t)je->numel * lm_dtype_size(b->odt[b->jobs[j]]) + A - 1) / A * A + A;
+        uint64_t at = b->ring_head;
+        if (at % R + need > R) at = (at / R + 1) * R;                  /* no region wraps */
+        if (low < j && at + need - b->voff[low] > R) {                 /* the ring is full */
             pthread_cond_wait(&b->cv_space, &b->mu);
             continue;
         }
+        b->voff[j] = at;
+        b->ring_head = at + need;
         b->next_job++;
         lm_writer *w = b->w;
         pthread_mutex_unlock(&b->mu);
         result r;
         memset(&r, 0, sizeof r);
-        uint8_t *out = b->pool[j % b->window];
+        uint8_t *out = b->ring ? b->ring + b->voff[j] % b->ring_size : NULL;
         if (!out)
             r.rc = lm_err_set(&r.err, LM_ENOMEM, lm_source_path(b->src), NULL, LM_ERR_NO_OFFSET, "out of memory");
         else
             r.rc = compute(b, b->jobs[j], &wb, w ? out + lm_writer_direct_shift(w, b->out_off[b->jobs[j]]) : out, &r);
         /* written here, on every worker at once (the writer then only steps over it): the
          * whole blocks with O_DIRECT from the buffer, the rest copied into the page cache */
-        if (!w) {
-            pthread_mutex_lock(&b->mu);
-            w = b->w;
-            pthread_mutex_unlock(&b->mu);
-        }
-        if (!r.rc && w && !(r.overflow || r.nonfinite)) {
-            r.rc = lm_writer_pwrite(w, b->out_off[b->jobs[j]], r.buf, r.nbytes, &r.err);
-            r.written = !r.rc;
-        }
+        /* the output hash may read the buffer now: it does not wait for the disk */
         pthread_mutex_lock(&b->mu);
+        if (!w) w = b->w;
         b->res[j] = r;
-        b->res[j].done = 1;
+        b->res[j].ready = 1;
+        int write_here = !r.rc && w && !(r.overflow || r.nonfinite);
+        if (!write_here) b->res[j].done = 1;
         pthread_cond_broadcast(&b->cv_done);
+        if (write_here) {
+            pthread_mutex_unlock(&b->mu);
+            r.rc = lm_writer_pwrite(w, b->out_off[b->jobs[j]], r.buf, r.nbytes, &r.err);
+            pthread_mutex_lock(&b->mu);
+            b->res[j].rc = r.rc;
+            if (r.rc) b->res[j].err = r.err;
+            b->res[j].written = !r.rc;
+            b->res[j].done = 1;
+            pthread_cond_broadcast(&b->cv_done);
+        }
     }
     pthread_mutex_unlock(&b->mu);
     free(wb.W);
