@@ -52,7 +52,8 @@ typedef struct lm_bake_opts {
     int version;              /* LM_BAKE_OPTS_VERSION */
     lm_dtype out_dtype;       /* LM_DT_INVALID: keep each tensor's dtype; else F16/BF16/F32
                                  for every float tensor (non-float tensors are kept) */
-    int threads;              /* workers computing updates; 0: one per online CPU */
+    int threads;              /* workers computing updates; 0: one per online CPU plus one
+                                 (a worker waits on the disk while its direct write runs) */
     int allow_unmatched;      /* 1: LoRA modules with no target are skipped and counted */
     int fail_on_overflow;     /* 1: a finite value that becomes ±Inf in the output dtype, or
                                  NaN/±Inf that the update produces from a finite base value,

@@ -315,10 +315,10 @@ static void kick_writeback(lm_writer *w)
     off_t end = lseek(w->fd, 0, SEEK_CUR);
     if (end < 0 || (uint64_t)end < w->wb_off + (64u << 20)) return;
     if (w->wb_off > w->drop_off) {
+        /* no waiting for the disk here: the caller is the in-order thread others wait on.
+         * DONTNEED drops the pages already clean and leaves any still being written */
         off_t a = (off_t)w->drop_off, n = (off_t)(w->wb_off - w->drop_off);
-        if (sync_file_range(w->fd, a, n, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                         SYNC_FILE_RANGE_WAIT_AFTER) == 0)
-            posix_fadvise(w->fd, a, n, POSIX_FADV_DONTNEED);
+        posix_fadvise(w->fd, a, n, POSIX_FADV_DONTNEED);
         w->drop_off = w->wb_off;
     }
     sync_file_range(w->fd, (off_t)w->wb_off, end - (off_t)w->wb_off, SYNC_FILE_RANGE_WRITE);

@@ -148,6 +148,7 @@ static int run_pipeline(bake *b, lm_writer *w, const lm_bake_opts *o, lm_bake_re
             /* r->buf is in the ring: its region is reused once written and hashed */
             pthread_mutex_lock(&b->mu);
             b->consumed = ++j;
+            lmb_advance_freed(b);
             pthread_cond_broadcast(&b->cv_space);
             pthread_mutex_unlock(&b->mu);
         }
@@ -298,7 +299,9 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     rep->tensors = b.nt;
 
     /* workers start now: they overlap the base hash */
-    nth = lmm_threads(o.threads);
+    /* by default one worker more than CPUs: a worker waits on the disk while its
+     * O_DIRECT write runs (measured on 2 CPUs: 3 workers 2.17 s, 2 workers 2.26 s) */
+    nth = o.threads > 0 ? lmm_threads(o.threads) : lmm_threads(0) + 1;
     if ((size_t)nth > b.njobs) nth = b.njobs ? (int)b.njobs : 0;
     b.hashed = o.hash_output ? 0 : (size_t)-1;
     /* the output ring: resident memory ≈ the ring + per worker a block (blocked tensors)

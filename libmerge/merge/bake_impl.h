@@ -45,6 +45,8 @@ typedef struct bake {
     pthread_mutex_t mu;
     pthread_cond_t cv_done, cv_space;
     size_t next_job, consumed;
+    size_t freed;      /* jobs below it are written (by their worker, or consumed by the
+                          writer loop): with hashed, what the ring may reuse */
     size_t max_numel;  /* largest updated tensor */
     uint8_t *ring;     /* output buffer ring (aligned): job j's region starts at
                           ring + voff[j] % ring_size; released once written and hashed */
@@ -87,6 +89,14 @@ static inline double lmb_now(void)
  * b->upds: plain modules first, DoRA last, each in command-line order); fills the
  * per-LoRA counts of rep. Every shape is checked here. Errors: LM_EMISMATCH, LM_ENOMEM. */
 int lmb_plan(bake *b, const lm_keymap *km, const lm_bake_opts *o, lm_bake_report *rep, lm_err *err);
+
+/* Advances b->freed over jobs written by their worker or consumed by the writer loop;
+ * call with b->mu held after either changes. */
+static inline void lmb_advance_freed(bake *b)
+{
+    while (b->freed < b->njobs && (b->freed < b->consumed || (b->res[b->freed].done && b->res[b->freed].written)))
+        b->freed++;
+}
 
 /* Worker thread (arg: bake *): computes update jobs in order, within the output ring. */
 void *lmb_worker(void *arg);

@@ -243,7 +243,9 @@ void *lmb_worker(void *arg)
     for (;;) {
         if (b->stop || b->next_job >= b->njobs) break;
         size_t j = b->next_job;
-        size_t low = b->consumed < b->hashed ? b->consumed : b->hashed;   /* oldest job in use */
+        /* the oldest job whose region is in use: not yet hashed, or not yet written (a
+         * tensor the worker writes itself never waits for the in-order writer loop) */
+        size_t low = b->freed < b->hashed ? b->freed : b->hashed;
         const lm_entry *je = lm_source_entry(b->src, b->jobs[j]);
         const uint64_t A = LM_WRITER_DIRECT_ALIGN, R = b->ring_size;
         uint64_t need = ((uint64_t)je->numel * lm_dtype_size(b->odt[b->jobs[j]]) + A - 1) / A * A + A;
@@ -283,7 +285,9 @@ void *lmb_worker(void *arg)
             if (r.rc) b->res[j].err = r.err;
             b->res[j].written = !r.rc;
             b->res[j].done = 1;
+            lmb_advance_freed(b);
             pthread_cond_broadcast(&b->cv_done);
+            pthread_cond_broadcast(&b->cv_space);
         }
     }
     pthread_mutex_unlock(&b->mu);
