@@ -29,6 +29,7 @@ mkdir -p "$OUT"
 [ -f "$LCM" ] || "$BUILD/bench/gen_sd15" lora fixtures/golden/manifests/lcm_lora_sd15_keys.json "$LCM"
 [ -x /usr/bin/time ] || { echo "bench/bake.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
 tmp=$(mktemp -d "$OUT/.bench.XXXXXX")
+tmp=$(cd "$tmp" && pwd)   # absolute: a relative XDG_CACHE_HOME is ignored (XDG spec), the cold run would be warm
 trap 'rm -rf "$tmp"' EXIT
 
 # run NAME CMD…: best wall time (s), its CPU seconds (user + system) and peak RSS (KB) over

@@ -155,6 +155,7 @@ static int compute_blocked(bake *b, size_t t, wbuf *wb, void *out, result *r)
         const int64_t m = rows - a < rb ? rows - a : rb;
         const size_t n = (size_t)(m * per);
         lm_convert(B, LM_DT_F32, raw + (size_t)(a * per) * isz, idt, n);
+        release_pages(raw + (size_t)(a * per) * isz, n * isz);   /* read once: out of RSS */
         for (int k = 0; k < np; k++) {
             const plainf *p = &pf[k];
             int64_t i0 = p->row0 > a ? p->row0 : a, i1 = p->row0 + p->rows < a + m ? p->row0 + p->rows : a + m;
@@ -179,14 +180,27 @@ static int compute_blocked(bake *b, size_t t, wbuf *wb, void *out, result *r)
     return 0;
 }
 
-/* Computes updated tensor t into out (b->odt[t] elements): W read as fp32; plain modules
- * added as W[rows] += λ·scale·up·down (sgemm, beta 1); other kinds through lm_lora_delta
- * and saxpy; bias updates; then the DoRA modules one at a time through lm_lora_apply;
- * then one rounding. */
+static int compute_whole(bake *b, size_t t, wbuf *wb, void *out, result *r);
+
+/* Computes updated tensor t into out (b->odt[t] elements): blocked when it can be, else
+ * whole; the base's pages leave RSS once read. */
 static int compute(bake *b, size_t t, wbuf *wb, void *out, result *r)
 {
     int rc = compute_blocked(b, t, wb, out, r);
     if (rc != 1) return rc;
+    rc = compute_whole(b, t, wb, out, r);
+    const void *raw = lm_source_raw(b->src, t);
+    if (raw) release_pages(raw, lm_source_entry(b->src, t)->nbytes);   /* read: out of RSS */
+    return rc;
+}
+
+/* The whole-tensor path (b->odt[t] elements into out): W read as fp32; plain modules
+ * added as W[rows] += λ·scale·up·down (sgemm, beta 1); other kinds through lm_lora_delta
+ * and saxpy; bias updates; then the DoRA modules one at a time through lm_lora_apply;
+ * then one rounding. */
+static int compute_whole(bake *b, size_t t, wbuf *wb, void *out, result *r)
+{
+    int rc;
     const lm_entry *e = lm_source_entry(b->src, t);
     size_t n = (size_t)e->numel;
     if (grow(&wb->W, &wb->Wcap, n))
