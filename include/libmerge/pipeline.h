@@ -49,7 +49,7 @@ typedef struct lm_render_opts {
     int width, height;             /* image size in pixels, multiples of 8, 8..16384 (512) */
     int clip_skip;                 /* A1111 counting: 1 = last layer (1) */
     const char *vocab;             /* CLIP vocabulary path; NULL: lm_tokenizer_default_vocab */
-    int vae_tile;                  /* lm_vae_decode_opts.tile: 0 automatic, < 0 never, > 0 latent tile */
+    int vae_tile;                  /* lm_vae_decode_opts.tile: 0 automatic, < 0 never, > 0 band height in latent rows (exact banded decode) */
     lm_render_progress progress;   /* may be NULL */
     void *progress_ctx;
     /* Given inputs instead of computed ones (verification against goldens;
