@@ -12,6 +12,7 @@
 #include "libmerge/rng.h"
 #include "libmerge/scheduler.h"
 #include "libmerge/unet.h"
+#include "libmerge/pipeline.h"
 #include "libmerge/writer.h"
 #include "plumbing.h"
 #include "subcommands.h"
@@ -28,28 +29,11 @@ static void usage(FILE *f)
                "  OUT: latent (final), denoised_1 ... denoised_K\n");
 }
 
-typedef struct {
-    lm_unet *u;
-    lm_lcm s;
-    float guidance;
-    const lv_tensor *lat, *ctx, *unc;
-} run_t;
-
-/* ε at timestep t for x [N,C,h,w], with classifier-free guidance when g > 1 */
-static int eps_at(run_t *r, const float *x, int t, float *eps, float *tmp, lm_err *err)
+static void progress(void *ctx, const char *stage, int k, int K, double seconds)
 {
-    int N = (int)r->lat->shape[0], h = (int)r->lat->shape[2], w = (int)r->lat->shape[3];
-    int L = (int)r->ctx->shape[1];
-    float tv[64];
-    for (int n = 0; n < N; n++) tv[n] = (float)t;
-    int rc = lm_unet_forward(r->u, x, N, h, w, tv, r->ctx->data, L, NULL, eps, err);
-    if (rc || r->guidance <= 1.0f) return rc;
-    rc = lm_unet_forward(r->u, x, N, h, w, tv, r->unc->data, (int)r->unc->shape[1], NULL, tmp, err);
-    if (rc) return rc;
-    size_t n = (size_t)N * r->lat->shape[1] * h * w;
-    lm_cfg_combine(tmp, eps, r->guidance, n);
-    memcpy(eps, tmp, n * sizeof *eps);
-    return 0;
+    (void)ctx;
+    (void)stage;
+    fprintf(stderr, "\rlcm-verify sample: step %d/%d (%.1f s/step)", k, K, seconds);
 }
 
 int lv_sample(int argc, char **argv)
@@ -107,9 +91,8 @@ int lv_sample(int argc, char **argv)
     lm_atomic_install_signal_handlers();
     lm_err err;
     lm_err_clear(&err);
-    run_t r;
-    memset(&r, 0, sizeof r);
-    r.guidance = (float)guidance;
+    lm_unet *u = NULL;
+    lm_lcm sched;
     lm_source *ms = NULL, *is = NULL;
     lm_lora *loras[MAX_LORAS] = { 0 };
     float lambdas[MAX_LORAS];
@@ -118,11 +101,11 @@ int lv_sample(int argc, char **argv)
     char names[MAX_STEPS + 1][32];
     memset(out, 0, sizeof out);
     memset(noise, 0, sizeof noise);
-    float *eps = NULL, *tmp = NULL, *x = NULL;
-    lm_lcm_init(&r.s);
+    float *x = NULL;
+    lm_lcm_init(&sched);
     const char *ins[2] = { model, in };
     int rc = lv_check_output(outp, ins, 2, lspec, nl, &err);
-    if (!rc) rc = lm_lcm_set_timesteps(&r.s, steps, orig, 1.0, &err);
+    if (!rc) rc = lm_lcm_set_timesteps(&sched, steps, orig, 1.0, &err);
     if (!rc) rc = lm_source_open(&is, in, NULL, &err);
     if (!rc) rc = lv_read(is, "latent", 1, 4, 4, &lat, &err);
     if (!rc) rc = lv_read(is, "context", 1, 3, 3, &ctx, &err);
@@ -142,9 +125,9 @@ int lv_sample(int argc, char **argv)
     }
     if (!rc) rc = lv_open_loras(lspec, nl, loras, lambdas, &err);
     if (!rc) rc = lm_source_open(&ms, model, NULL, &err);
-    if (!rc) rc = lm_unet_load(&r.u, ms, &uo, (const lm_lora *const *)loras, lambdas, (size_t)nl, &err);
+    if (!rc) rc = lm_unet_load(&u, ms, &uo, (const lm_lora *const *)loras, lambdas, (size_t)nl, &err);
     if (!rc) {
-        const lm_unet_config *cfg = lm_unet_config_of(r.u);
+        const lm_unet_config *cfg = lm_unet_config_of(u);
         if (lat.shape[1] != cfg->in_channels || cfg->in_channels != cfg->out_channels)
             rc = lm_err_set(&err, LM_EINPUT, in, "latent", LM_ERR_NO_OFFSET, "%lld channels, the UNet takes %d",
                             (long long)lat.shape[1], cfg->in_channels);
@@ -152,12 +135,9 @@ int lv_sample(int argc, char **argv)
             rc = lm_err_set(&err, LM_EINPUT, in, "context", LM_ERR_NO_OFFSET, "width %lld, the UNet takes %d",
                             (long long)ctx.shape[2], cfg->context_dim);
     }
-    r.lat = &lat; r.ctx = &ctx; r.unc = &unc;
     if (!rc) {
-        eps = malloc(n * sizeof *eps);
-        tmp = malloc(n * sizeof *tmp);
         x = malloc(n * sizeof *x);
-        int oom = !eps || !tmp || !x;
+        int oom = !x;
         for (int k = 0; k <= steps; k++) {
             out[k].ndim = 4;
             memcpy(out[k].shape, lat.shape, sizeof lat.shape);
@@ -168,22 +148,18 @@ int lv_sample(int argc, char **argv)
     }
     lm_rng rng;
     lm_rng_seed(&rng, seed);
-    if (!rc) memcpy(x, lat.data, n * sizeof *x);
-    for (int i = 0; i < steps && !rc; i++) {
-        /* out[i+1] = denoised_{i+1}; noise_{i+1} re-noises toward step i+1 */
-        rc = eps_at(&r, x, r.s.timesteps[i], eps, tmp, &err);
-        const float *nz = NULL;
-        if (!rc && i < steps - 1) {
-            if (noise[i + 1].data) {
-                nz = noise[i + 1].data;
-            } else {
-                lm_rng_randn(&rng, tmp, n);   /* as diffusers draws it: randn(latent shape, generator) */
-                nz = tmp;
-            }
-        }
-        if (!rc) rc = lm_lcm_step(&r.s, i, x, eps, nz, n, out[i + 1].data, x, &err);
-        if (!rc && lm_cli_progress_enabled())
-            fprintf(stderr, "\r%s: step %d/%d (t = %d)", prog, i + 1, steps, r.s.timesteps[i]);
+    const float *nz[MAX_STEPS];
+    float *dn_out[MAX_STEPS];
+    for (int k = 0; k < steps; k++) {
+        nz[k] = k + 1 < steps ? noise[k + 1].data : NULL;   /* noise_{i+1} re-noises toward step i+1 */
+        dn_out[k] = out[k + 1].data;                        /* denoised_{i+1} */
+    }
+    if (!rc) {
+        memcpy(x, lat.data, n * sizeof *x);
+        lm_lcm_sample_args a = { u, &sched, (int)N, (int)lat.shape[1], (int)lat.shape[2], (int)lat.shape[3],
+                                 ctx.data, (int)ctx.shape[1], unc.data, unc.data ? (int)unc.shape[1] : 0,
+                                 (float)guidance, nz, &rng, dn_out, lm_cli_progress_enabled() ? progress : NULL, NULL };
+        rc = lm_lcm_sample(&a, x, &err);
     }
     if (lm_cli_progress_enabled()) fprintf(stderr, "\n");
     if (!rc) {
@@ -199,8 +175,8 @@ int lv_sample(int argc, char **argv)
     }
     for (int k = 0; k <= steps; k++) free(out[k].data);
     for (int k = 0; k < steps; k++) free(noise[k].data);
-    free(lat.data); free(ctx.data); free(unc.data); free(eps); free(tmp); free(x);
-    lm_unet_free(r.u);
+    free(lat.data); free(ctx.data); free(unc.data); free(x);
+    lm_unet_free(u);
     for (int i = 0; i < nl; i++) lm_lora_close(loras[i]);
     lm_source_close(ms);
     lm_source_close(is);

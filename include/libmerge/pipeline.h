@@ -28,7 +28,10 @@
 #include "libmerge/err.h"
 #include "libmerge/source.h"
 #include "libmerge/lora.h"
+#include "libmerge/rng.h"
+#include "libmerge/scheduler.h"
 #include "libmerge/tokenizer.h"
+#include "libmerge/unet.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -99,6 +102,34 @@ int lm_render(const char *model_path, const char *const *lora_paths, const float
 
 /* Frees the buffers of r and empties it; safe on NULL and on an emptied result. */
 void lm_render_result_free(lm_render_result *r);
+
+/* The denoising loop of the pipeline above on its own, for a batch (the
+ * render pipeline and `lcm-verify sample` both run it). */
+typedef struct lm_lcm_sample_args {
+    lm_unet *unet;                 /* loaded, LoRAs applied */
+    const lm_lcm *sched;           /* timesteps set (lm_lcm_set_timesteps) */
+    int N, C, h, w;                /* latent batch [N, C, h, w]; N ≤ 64 */
+    const float *context;          /* [N, ctx_len, context_dim] */
+    int ctx_len;
+    const float *uncond;           /* [N, unc_len, context_dim]; used only when guidance > 1 */
+    int unc_len;
+    float guidance;                /* classifier-free guidance; ≤ 1: the conditional branch alone */
+    const float *const *noise;     /* NULL, or n_steps−1 entries, each [N, C, h, w] or NULL: the
+                                      re-noising noise of steps 0..K−2; a missing one is drawn */
+    lm_rng *rng;                   /* draws missing noise (randn of the latent's shape, as
+                                      diffusers' generator does); may be NULL when all is given */
+    float *const *denoised;        /* NULL, or n_steps entries (each NULL or [N, C, h, w]):
+                                      step i's clean estimate */
+    lm_render_progress progress;   /* stage "step", k = 1..K; may be NULL */
+    void *progress_ctx;
+} lm_lcm_sample_args;
+
+/* x [N, C, h, w] holds x_T on entry and the final latents on return: for
+ * each LCM timestep t_i, ε = UNet(x, t_i, context) (combined with the
+ * unconditional branch by lm_cfg_combine when guidance > 1), then
+ * x = lm_lcm_step(x, ε, noise_i). Errors: LM_EUSAGE (bad sizes, noise
+ * needed but neither given nor an rng), those of lm_unet_forward, LM_ENOMEM. */
+int lm_lcm_sample(const lm_lcm_sample_args *a, float *x, lm_err *err);
 
 #ifdef __cplusplus
 }

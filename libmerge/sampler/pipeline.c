@@ -59,8 +59,8 @@ static int encode_text(const lm_source *src, const lm_lora *const *loras, const 
     return rc;
 }
 
-/* The LCM loop: out->latent holds x on entry (the initial latent) and the
- * final latents on return. */
+/* The UNet part: loads it, draws (or takes) x_T into out->latent and runs
+ * the LCM loop (lm_lcm_sample); out->latent holds the final latents. */
 static int sample(const lm_source *src, const lm_lora *const *loras, const float *lambdas, size_t n_loras,
                   const lm_render_opts *o, int cfg, const float *uncond, lm_render_result *out, lm_err *err)
 {
@@ -85,36 +85,15 @@ static int sample(const lm_source *src, const lm_lora *const *loras, const float
     }
     const int h = out->latent_h, w = out->latent_w;
     const size_t n = (size_t)4 * h * w;
-    float *eps = malloc(n * sizeof *eps), *eps_c = cfg ? malloc(n * sizeof *eps_c) : NULL;
-    float *noise = malloc(n * sizeof *noise);
     lm_rng *rng = o->init_latent && o->noise ? NULL : malloc(sizeof *rng);
-    if (!eps || !noise || (cfg && !eps_c) || (!(o->init_latent && o->noise) && !rng)) { rc = oom(err); goto done; }
+    if (!(o->init_latent && o->noise) && !rng) { lm_unet_free(u); return oom(err); }
     /* diffusers: latents = randn(shape, generator) first, then each step's noise from the same generator */
     if (rng) lm_rng_seed(rng, o->seed);
     if (o->init_latent) memcpy(out->latent, o->init_latent, n * sizeof(float));
     else lm_rng_randn(rng, out->latent, n);
-    for (int i = 0; i < s.n_steps && !rc; i++) {
-        double t0 = now();
-        float t = (float)s.timesteps[i];
-        if (cfg) {
-            rc = lm_unet_forward(u, out->latent, 1, h, w, &t, uncond, LM_CLIP_CTX, NULL, eps, err);
-            if (!rc) rc = lm_unet_forward(u, out->latent, 1, h, w, &t, out->context, LM_CLIP_CTX, NULL, eps_c, err);
-            if (!rc) lm_cfg_combine(eps, eps_c, o->guidance, n);
-        } else {
-            rc = lm_unet_forward(u, out->latent, 1, h, w, &t, out->context, LM_CLIP_CTX, NULL, eps, err);
-        }
-        const float *nz = NULL;
-        if (!rc && i < s.n_steps - 1) {
-            if (o->noise) nz = o->noise[i];
-            else { lm_rng_randn(rng, noise, n); nz = noise; }
-        }
-        if (!rc) rc = lm_lcm_step(&s, i, out->latent, eps, nz, n, NULL, out->latent, err);
-        if (!rc && o->progress) o->progress(o->progress_ctx, "step", i + 1, s.n_steps, now() - t0);
-    }
-done:
-    free(eps);
-    free(eps_c);
-    free(noise);
+    lm_lcm_sample_args a = { u, &s, 1, 4, h, w, out->context, LM_CLIP_CTX, uncond, LM_CLIP_CTX,
+                             cfg ? o->guidance : 1.0f, o->noise, rng, NULL, o->progress, o->progress_ctx };
+    rc = lm_lcm_sample(&a, out->latent, err);
     free(rng);
     lm_unet_free(u);
     return rc;
