@@ -27,7 +27,7 @@ static void on_alarm(int sig)
 
 static int allowed(int rc)
 {
-    return rc == 0 || rc == LM_EINPUT || rc == LM_EUNSUPPORTED || rc == LM_EIO ||
+    return rc == 0 || rc == LM_EINPUT || rc == LM_ETRUNCATED || rc == LM_EUNSUPPORTED || rc == LM_EIO ||
            rc == LM_ENOMEM || rc == LM_EMISMATCH || rc == LM_EUSAGE;
 }
 

@@ -279,7 +279,7 @@ typedef struct bad_case {
 #define T(dt, shape, a, b) "{\"dtype\":\"" dt "\",\"shape\":" shape ",\"data_offsets\":[" #a "," #b "]}"
 
 static const bad_case k_bad[] = {
-    { "header length past the end", "{}", 1000, 0, LM_EINPUT, NULL, "runs past the end of the file" },
+    { "header length past the end", "{}", 1000, 0, LM_ETRUNCATED, NULL, "runs past the end of the file" },
     { "header too large", "{}", 100000001, 0, LM_EINPUT, NULL, "exceeds the limit of 100000000" },
     { "header length 2^63", "{}", INT64_MAX, 0, LM_EINPUT, NULL, "exceeds the limit" },
     { "empty header", "", 0, 0, LM_EINPUT, NULL, "not valid JSON" },
@@ -319,8 +319,8 @@ static const bad_case k_bad[] = {
     /* test_invalid_info: [2,2] I32 = 16 bytes, offsets span 4 */
     { "shape and span disagree", "{\"test\":" T("I32", "[2,2]", 0, 4) "}", -1, 4, LM_EINPUT, "test", "give 16 bytes but data_offsets [0, 4] span 4" },
     { "end before start", "{\"a\":" T("U8", "[0]", 4, 2) "}", -1, 4, LM_EINPUT, "a", "end before start" },
-    { "offsets out of range", "{\"a\":" T("U8", "[4]", 0, 4) ",\"b\":" T("U8", "[4]", 4, 8) "}", -1, 6, LM_EINPUT, "b", "reach past the end of the data area (6 bytes)" },
-    { "offset far out of range", "{\"a\":" T("U8", "[4]", 1000000, 1000004) "}", -1, 4, LM_EINPUT, "a", "reach past the end" },
+    { "offsets out of range", "{\"a\":" T("U8", "[4]", 0, 4) ",\"b\":" T("U8", "[4]", 4, 8) "}", -1, 6, LM_ETRUNCATED, "b", "reach past the end of the data area (6 bytes)" },
+    { "offset far out of range", "{\"a\":" T("U8", "[4]", 1000000, 1000004) "}", -1, 4, LM_ETRUNCATED, "a", "reach past the end" },
     { "overlap", "{\"a\":" T("U8", "[8]", 0, 8) ",\"b\":" T("U8", "[8]", 4, 12) "}", -1, 12, LM_EINPUT, "b", "overlap tensor \"a\"" },
     { "same offsets", "{\"a\":" T("U8", "[8]", 0, 8) ",\"b\":" T("U8", "[8]", 0, 8) "}", -1, 8, LM_EINPUT, "b", "overlap" },
     { "zero-size inside another", "{\"a\":" T("U8", "[8]", 0, 8) ",\"z\":" T("U8", "[0]", 4, 4) "}", -1, 8, LM_EINPUT, "z", "overlap" },
@@ -329,7 +329,7 @@ static const bad_case k_bad[] = {
     /* test_metadata_incomplete_buffer: extra bytes after the data, and data missing */
     { "trailing bytes", "{\"test\":" T("I32", "[2,2]", 0, 16) "}", -1, 20, LM_EINPUT, NULL, "4 trailing bytes after the last tensor" },
     { "trailing bytes no tensors", "{}", -1, 3, LM_EINPUT, NULL, "3 trailing bytes" },
-    { "data missing", "{\"test\":" T("I32", "[2,2]", 0, 16) "}", -1, 14, LM_EINPUT, "test", "reach past the end of the data area (14 bytes)" },
+    { "data missing", "{\"test\":" T("I32", "[2,2]", 0, 16) "}", -1, 14, LM_ETRUNCATED, "test", "reach past the end of the data area (14 bytes)" },
     { "duplicate tensor key", "{\"a\":" T("U8", "[1]", 0, 1) ",\"a\":" T("U8", "[1]", 1, 2) "}", -1, 2, LM_EINPUT, "a", "duplicate key in header" },
     { "duplicate field", "{\"a\":{\"dtype\":\"U8\",\"dtype\":\"I8\",\"shape\":[1],\"data_offsets\":[0,1]}}", -1, 1, LM_EINPUT, "a", "duplicate field \"dtype\"" },
     { "duplicate __metadata__", "{\"__metadata__\":{},\"__metadata__\":{}}", -1, 0, LM_EINPUT, "__metadata__", "duplicate key" },
@@ -378,7 +378,7 @@ static void test_malformed_raw(void)
     CHECK(strstr(err.msg, "0 bytes") == NULL && strstr(err.msg, "5 bytes") != NULL);
     /* test_invalid_header_length: length 60, nothing after */
     write_bytes(path, "<\0\0\0\0\0\0\0", 8);
-    CHECK_EQ_INT(lm_safetensors_open(&s, path, &err), LM_EINPUT);
+    CHECK_EQ_INT(lm_safetensors_open(&s, path, &err), LM_ETRUNCATED);
     CHECK(strstr(err.msg, "runs past the end") != NULL);
     /* a NUL byte inside the header */
     write_bytes(path, "\x04\0\0\0\0\0\0\0{}\0 ", 12);

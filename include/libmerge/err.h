@@ -27,7 +27,10 @@ enum {
     LM_ENOMEM = -6,      /* allocation failed or a stated limit on allocation size was hit */
     LM_EVERIFY = -7,     /* a verification found a difference (lcm-verify) */
     LM_EINTR = -8,       /* interrupted by a signal (SIGINT/SIGTERM); outputs removed */
-    LM_EINTERNAL = -9    /* a bug: an invariant did not hold */
+    LM_EINTERNAL = -9,   /* a bug: an invariant did not hold */
+    LM_ETRUNCATED = -10  /* a file ends before its own header says it does (a write or copy
+                            cut short); bad input like LM_EINPUT (exit status 3), told apart
+                            so a verifier can name it without parsing the file again */
 };
 
 /* Process exit statuses, used by every command (documented in libmerge(7)). */

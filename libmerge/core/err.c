@@ -70,7 +70,7 @@ int lm_exit_status(int code)
     switch (code) {
     case LM_OK: return LM_EXIT_OK;
     case LM_EUSAGE: return LM_EXIT_USAGE;
-    case LM_EINPUT: case LM_EMISMATCH: case LM_EUNSUPPORTED: return LM_EXIT_INPUT;
+    case LM_EINPUT: case LM_ETRUNCATED: case LM_EMISMATCH: case LM_EUNSUPPORTED: return LM_EXIT_INPUT;
     case LM_EIO: return LM_EXIT_IO;
     case LM_EVERIFY: return LM_EXIT_VERIFY;
     case LM_EINTR: return LM_EXIT_INTR;
@@ -84,6 +84,7 @@ const char *lm_err_name(int code)
     case LM_OK: return "success";
     case LM_EUSAGE: return "usage error";
     case LM_EINPUT: return "bad input";
+    case LM_ETRUNCATED: return "file cut short";
     case LM_EMISMATCH: return "inputs do not match";
     case LM_EUNSUPPORTED: return "unsupported";
     case LM_EIO: return "I/O error";

@@ -271,9 +271,9 @@ static int check_layout(const char *path, const st_info *t, size_t n, uint64_t d
             return lm_err_set(err, LM_EINPUT, path, x->name, at,
                               "data_offsets [%llu, %llu]: end before start",
                               (unsigned long long)x->start, (unsigned long long)x->end);
-        if (x->end > data_len)
-            return lm_err_set(err, LM_EINPUT, path, x->name, at,
-                              "data_offsets [%llu, %llu] reach past the end of the data area (%llu bytes)",
+        if (x->end > data_len)   /* the file is shorter than its header says: cut short */
+            return lm_err_set(err, LM_ETRUNCATED, path, x->name, at,
+                              "data_offsets [%llu, %llu] reach past the end of the data area (%llu bytes): the file is cut short",
                               (unsigned long long)x->start, (unsigned long long)x->end, (unsigned long long)data_len);
         if (x->end - x->start != x->nbytes)
             return lm_err_set(err, LM_EINPUT, path, x->name, at,
@@ -409,9 +409,9 @@ int lm_safetensors_open(lm_source **out, const char *path, lm_err *err)
                         (unsigned long long)n, ST_MAX_HEADER);
         goto fail;
     }
-    if (8 + n > size) {  /* R3 */
-        rc = lm_err_set(err, LM_EINPUT, path, NULL, 0,
-                        "header length %llu runs past the end of the file (%llu bytes)",
+    if (8 + n > size) {  /* R3: the header itself is cut */
+        rc = lm_err_set(err, LM_ETRUNCATED, path, NULL, 0,
+                        "header length %llu runs past the end of the file (%llu bytes): the file is cut short",
                         (unsigned long long)n, (unsigned long long)size);
         goto fail;
     }

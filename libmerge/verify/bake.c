@@ -569,7 +569,7 @@ int lm_verify_bake(const char *out, const lm_verify_opts *opts, lm_verify_report
     lm_keymap *km = NULL;
     double *lambdas = NULL;
     int have = 0, rc = lm_source_open(&v.os, out, NULL, err);
-    if ((rc == LM_EINPUT || rc == LM_EUNSUPPORTED) && lmv_truncated_safetensors(out)) {
+    if (rc == LM_ETRUNCATED) {
         /* a safetensors output cut short (a bake interrupted, a copy that stopped): the
          * verification's answer. Anything else unreadable is bad input (rc stands). */
         char buf[1400];

@@ -160,36 +160,3 @@ int lmv_hash_inputs(lm_verify_report *r, const lm_recipe *rec, int have_recipe, 
     }
     return 0;
 }
-
-int lmv_truncated_safetensors(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) return 0;
-    struct stat st;
-    unsigned char b[9];
-    int cut = 0;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_size < 9 || pread(fd, b, 9, 0) != 9 || b[8] != '{') goto out;
-    uint64_t n = 0, size = (uint64_t)st.st_size;
-    for (int i = 7; i >= 0; i--) n = n << 8 | b[i];
-    if (n < 2 || n > 100000000u) goto out;    /* MAX_HEADER_SIZE of the reference reader */
-    if (size < 8 + n) { cut = 1; goto out; }  /* the header itself is cut */
-    char *h = malloc(n);
-    if (!h) goto out;
-    if (pread(fd, h, n, 8) == (ssize_t)n) {
-        cJSON *j = cJSON_ParseWithLength(h, n), *e;
-        uint64_t end = 0;
-        cJSON_ArrayForEach(e, j) {
-            cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
-            if (cJSON_GetArraySize(off) == 2 && cJSON_IsNumber(cJSON_GetArrayItem(off, 1))) {
-                double d = cJSON_GetArrayItem(off, 1)->valuedouble;
-                if (d > (double)end) end = d < 1.8e19 ? (uint64_t)d : UINT64_MAX - 8 - n;
-            }
-        }
-        cut = j && end > size - 8 - n;
-        cJSON_Delete(j);
-    }
-    free(h);
-out:
-    close(fd);
-    return cut;
-}

@@ -235,7 +235,7 @@ int lm_verify_lora(const char *merged, const lm_verify_opts *opts, lm_verify_rep
         }
         rc = lm_lora_from_source(&ml, ms, err);
     }
-    if ((rc == LM_EINPUT || rc == LM_EUNSUPPORTED) && !ms && lmv_truncated_safetensors(merged)) {
+    if (rc == LM_ETRUNCATED && !ms) {
         /* cut short: a verification failure; otherwise unreadable, or not a LoRA: bad input */
         char buf[1400];
         lm_err_format(err, buf, sizeof buf);

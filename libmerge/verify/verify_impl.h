@@ -21,13 +21,6 @@ int lmv_read_recipe(const lm_source *s, lm_recipe *r, int *have, lm_err *err);
 /* Hashes every input of r and compares with rec->inputs[first_rec + i] when have_recipe;
  * a difference is a "hash" problem. Errors: LM_EIO, LM_ENOMEM. */
 int lmv_hash_inputs(lm_verify_report *r, const lm_recipe *rec, int have_recipe, size_t first_rec, int no_hash, lm_err *err);
-/* Is path a safetensors file cut short: a plausible 8-byte header length N
- * (1..100,000,000) followed by '{', and a file that ends before the 8 + N header
- * bytes, or a header that parses as JSON and declares tensor data (data_offsets)
- * past the end of the file? Such an output is the "truncated output" fault (a
- * verification failure); any other output that cannot be opened is bad input.
- * Returns 1 or 0 (also when path cannot be read). */
-int lmv_truncated_safetensors(const char *path);
 /* madvise(DONTNEED) on the whole pages inside [p, p+n) of a read-only mapping. */
 void lmv_release(const void *p, size_t n);
 
