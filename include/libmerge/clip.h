@@ -45,19 +45,13 @@ typedef struct lm_clip_config {
 } lm_clip_config;
 
 typedef struct lm_clip lm_clip;
-typedef struct lm_weights lm_weights;   /* libmerge/sampler/weights.h: a weight set, LoRAs applied at load */
-
-/* Loads the text encoder from weight set w (opened for component
- * "text_encoder": any layout, LoRAs applied) as fp32. src (may be NULL) is
- * the file w reads, for its "config" metadata (heads, activation, eps).
- * Errors: LM_EINPUT (no text encoder; a missing or misshapen tensor,
- * named), LM_ENOMEM, LM_EIO. */
-int lm_clip_load(lm_clip **out, lm_weights *w, const lm_source *src, lm_err *err);
-/* The same from a source: opens a weight set for "text_encoder" over src
- * with n_loras LoRAs (not owned; their text-encoder modules applied at weights
- * lambdas[i]; loras/lambdas may be NULL when n_loras = 0), loads, closes it.
- * Errors: those of lm_clip_load, LM_EMISMATCH (a text-encoder LoRA module
- * that matches nothing). */
+/* Loads the text encoder of src (a checkpoint in either layout, or a bare
+ * text-encoder file) as fp32, with n_loras LoRAs (not owned; their
+ * text-encoder modules applied at weights lambdas[i]; loras/lambdas may be
+ * NULL when n_loras = 0); the file's "config" metadata gives heads,
+ * activation and eps when present. Errors: LM_EINPUT (no text encoder; a
+ * missing or misshapen tensor, named), LM_EMISMATCH (a text-encoder LoRA
+ * module that matches nothing), LM_ENOMEM, LM_EIO. */
 int lm_clip_load_source(lm_clip **out, const lm_source *src, const lm_lora *const *loras,
                         const float *lambdas, size_t n_loras, lm_err *err);
 /* Frees the encoder and its weights; safe on NULL. */

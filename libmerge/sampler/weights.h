@@ -57,4 +57,12 @@ const lm_entry *lm_weights_find(const lm_weights *w, const char *name);
 int lm_weights_load(lm_weights *w, const char *name, int ndim, int64_t *shape, float **out,
                     lm_err *err);
 
+/* Loaders over an open weight set, for the library and its tests (the public
+ * entry points take a source: lm_clip_load_source, lm_vae_load_source). */
+typedef struct lm_clip lm_clip;
+/* The text encoder from w (opened for component "text_encoder": any layout,
+ * LoRAs applied) as fp32; src (may be NULL) is the file w reads, for its
+ * "config" metadata. Errors: as lm_clip_load_source. */
+int lm_clip_load(lm_clip **out, lm_weights *w, const lm_source *src, lm_err *err);
+
 #endif
