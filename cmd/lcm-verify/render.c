@@ -24,7 +24,7 @@ static void usage(FILE *f)
                "                  [--vae FILE] [--text-encoder FILE] [--vocab PATH] [--vae-tile N]\n"
                "                  [--latents OUT.safetensors] [--no-hash] -o OUT.png\n"
                "  defaults: --guidance 1 (no classifier-free guidance), --size 512x512, --clip-skip 1\n"
-               "  --vae-tile N: decode in exact bands of N latent rows (bounded memory, temporary\n"
+               "  --vae-tile N: decode in exact bands of N latent rows, 1..4096 (bounded memory, temporary\n"
                "      files in $TMPDIR); default: automatic above 512 px; -1: never\n");
 }
 
@@ -98,10 +98,15 @@ int lv_render(int argc, char **argv)
         case 'V': vae_path = optarg; break;
         case 'T': te_path = optarg; break;
         case 'B': o.vocab = optarg; break;
-        case 'E':
-            o.vae_tile = (int)strtol(optarg, &end, 10);
-            if (!*optarg || *end || o.vae_tile == 0) return lm_cli_usage_error(prog, "bad --vae-tile '%s' (-1 = never)", optarg);
+        case 'E': {
+            /* parsed as a long before narrowing: 4294967297 must not become 1 */
+            long t = strtol(optarg, &end, 10);
+            if (!*optarg || *end || (t != -1 && (t < 1 || t > 4096)))
+                return lm_cli_usage_error(prog, "bad --vae-tile '%s': a band height of 1 to 4096 latent rows, or -1 (never banded)",
+                                          optarg);
+            o.vae_tile = (int)t;
             break;
+        }
         case 'L': lat_out = optarg; break;
         case 'H': hash = 0; break;
         case 'o': outp = optarg; break;

@@ -21,7 +21,7 @@ static void usage(FILE *f)
                "      --no-scale decodes it as is); --latent-name reads another tensor name\n"
                "  OUT: .safetensors: image [N,3,8h,8w] F32, unclamped;\n"
                "       .png: round(clamp(image/2+0.5)*255) (N > 1: the images side by side)\n"
-               "  --tile N: exact banded decoding, bands of N latent rows (memory bounded by the\n"
+               "  --tile N: exact banded decoding, bands of N latent rows, 1..4096 (memory bounded by the\n"
                "      band, activations in temporary files in $TMPDIR); default: automatic above\n"
                "      64x64 latents; -1: never\n");
 }
@@ -49,10 +49,15 @@ int lv_vae_decode(int argc, char **argv)
         switch (c) {
         case 'i': in = optarg; break;
         case 'o': outp = optarg; break;
-        case 't':
-            vo.tile = (int)strtol(optarg, &end, 10);
-            if (!*optarg || *end || vo.tile == 0 || vo.tile > 4096) return lm_cli_usage_error(prog, "bad --tile '%s' (-1 = never)", optarg);
+        case 't': {
+            /* parsed as a long before narrowing: 4294967297 must not become 1 */
+            long t = strtol(optarg, &end, 10);
+            if (!*optarg || *end || (t != -1 && (t < 1 || t > 4096)))
+                return lm_cli_usage_error(prog, "bad --tile '%s': a band height of 1 to 4096 latent rows, or -1 (never banded)",
+                                          optarg);
+            vo.tile = (int)t;
             break;
+        }
         case 'S': vo.scaled = 0; break;
         case 'N': lname = optarg; break;
         case 'h': usage(stdout); return 0;
