@@ -86,7 +86,8 @@ int lv_vae_decode(int argc, char **argv)
         rc = lm_err_set(&err, LM_EINPUT, in, lname, LM_ERR_NO_OFFSET, "%lld channels, the VAE takes %d",
                         (long long)lat.shape[1], cfg->latent_channels);
     if (!rc && (N < 1 || h < 1 || w < 1 || h > 4096 || w > 4096))
-        rc = lm_err_set(&err, LM_EINPUT, in, lname, LM_ERR_NO_OFFSET, "latent shape out of range");
+        rc = lm_err_set(&err, LM_EINPUT, in, lname, LM_ERR_NO_OFFSET, "latent [%lld, %lld, %lld, %lld] out of range (N >= 1, h and w 1..4096)", (long long)N,
+                        (long long)lat.shape[1], (long long)h, (long long)w);
     const size_t HW = (size_t)(h * f * w * f);
     if (!rc) {
         img = (lv_tensor){ "image", 4, { N, 3, h * f, w * f }, malloc((size_t)N * 3 * HW * sizeof(float)) };

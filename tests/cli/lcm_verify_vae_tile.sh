@@ -100,6 +100,16 @@ for t in 0 -5 4097 4294967297; do
 done
 [ -z "$fails" ] && ok render_bad_vae_tile_is_usage_error || bad render_bad_vae_tile_is_usage_error "$fails"
 
+# a latent side over 4096: bad input (exit 3), the shape and the limit in the message
+mklat "$T/wide.safetensors" 1 4097
+"$LV" vae-decode "$V" --input "$T/wide.safetensors" -o "$T/wide.png" 2>"$T/err"
+rc=$?
+if [ $rc = 3 ] && grep -q "latent \[1, 4, 1, 4097\] out of range (N >= 1, h and w 1..4096)" "$T/err" && [ ! -e "$T/wide.png" ]; then
+    ok latent_over_4096_is_bad_input
+else
+    bad latent_over_4096_is_bad_input "exit $rc, $(head -c 200 "$T/err")"
+fi
+
 # unusable TMPDIR: exit 4, one line naming the directory and the reason, no output
 : >"$T/afile"
 fails=""
