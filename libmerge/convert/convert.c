@@ -22,11 +22,15 @@
 #define CHUNK_ELEMS ((size_t)1 << 20)
 
 typedef struct plan_item {
-    size_t src;              /* entry whose data is written */
+    size_t src[3];           /* entries whose data is written, one after the other */
+    int n_src;               /* 1, or 3: q, k, v concatenated into a packed OpenCLIP in_proj */
+    int64_t row0, rows;      /* rows > 0: only rows [row0, row0 + rows) of src[0] (one of q, k, v
+                                split from a packed in_proj); 0: whole tensors */
     char *name;              /* output name */
     lm_dtype dtype;          /* output dtype */
     int ndim;
     int64_t shape[LM_MAX_DIMS];
+    int64_t numel;           /* output elements */
     int transpose;           /* 2-D transpose on the way (OpenCLIP projection) */
 } plan_item;
 
@@ -96,7 +100,9 @@ static int add_item(conv *c, size_t src, const char *name, lm_err *err)
     memset(it, 0, sizeof *it);
     if (!(it->name = strdup(name))) return lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), name, LM_ERR_NO_OFFSET, "out of memory");
     c->n++;
-    it->src = src;
+    it->src[0] = src;
+    it->n_src = 1;
+    it->numel = e->numel;
     it->dtype = e->dtype;
     if (c->o->dtype != LM_DT_INVALID && lm_dtype_is_float(e->dtype)) it->dtype = c->o->dtype;
     it->ndim = e->ndim;
@@ -104,13 +110,15 @@ static int add_item(conv *c, size_t src, const char *name, lm_err *err)
     return 0;
 }
 
-/* Applies the layout change to item it (name and shape). 1: no name there. */
+/* Applies the layout change to item it (name and shape). 1: no name there;
+ * 2: a tensor no single name expresses (openclip_item decides). */
 static int relayout(conv *c, plan_item *it, lm_err *err)
 {
     char out[512];
     int reshape = 0;
     int rc = lm_layout_convert_name(c->arch, c->from, c->to, it->name, out, sizeof out, &reshape);
     if (rc == LM_EINPUT) return 1;
+    if (rc == LM_EUNSUPPORTED) return 2;
     if (rc) return lm_err_set(err, rc, lm_source_path(c->s), it->name, LM_ERR_NO_OFFSET,
                               "no %s name for this tensor", lm_layout_name(c->to));
     if (reshape == LM_RESHAPE_CONV1X1) {
@@ -134,6 +142,160 @@ static int relayout(conv *c, plan_item *it, lm_err *err)
     free(it->name);
     it->name = n;
     return 0;
+}
+
+/* ---- OpenCLIP's packed attention, and buffers with no counterpart ----------
+ *
+ * OpenCLIP text encoders (SD2.x's, SDXL's second) keep q, k and v of each
+ * layer as row blocks, in that order, of one nn.MultiheadAttention
+ * in_proj_weight [3d, d] / in_proj_bias [3d]; transformers' CLIPAttention
+ * (the diffusers layout) has q_proj, k_proj, v_proj [d, d] / [d]. Going to
+ * diffusers, a packed tensor becomes three items that each read one row
+ * block of it; going to LDM, the three become one item that reads q, k and v
+ * in turn (diffusers' convert_open_clip_checkpoint, and the concatenation in
+ * scripts/convert_diffusers_to_original_sdxl.py). Either way data streams
+ * from the input as for any other tensor. Names come from the layout map:
+ * the layer's out_proj, named ".out_proj.weight/.bias" in both layouts,
+ * carries the prefix and the layer number across. */
+
+static int ends(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+static void shape_str(const lm_entry *e, char *b, size_t n)
+{
+    size_t o = (size_t)snprintf(b, n, "[");
+    for (int k = 0; k < e->ndim && o < n; k++) o += (size_t)snprintf(b + o, n - o, "%s%lld", k ? ", " : "", (long long)e->shape[k]);
+    if (o < n) snprintf(b + o, n - o, "]");
+}
+
+/* name ends with leaf; converts "<stem>sib" and puts to_leaf in place of the
+ * converted name's sib. */
+static int qkv_name(conv *c, const char *name, const char *leaf, const char *sib, const char *to_leaf,
+                    char *out, size_t n, lm_err *err)
+{
+    char in[512];
+    int stem = (int)(strlen(name) - strlen(leaf)), reshape;
+    if (snprintf(in, sizeof in, "%.*s%s", stem, name, sib) >= (int)sizeof in ||
+        lm_layout_convert_name(c->arch, c->from, c->to, in, out, n, &reshape) || !ends(out, sib) ||
+        strlen(out) - strlen(sib) + strlen(to_leaf) >= n)
+        return lm_err_set(err, LM_EINTERNAL, lm_source_path(c->s), name, LM_ERR_NO_OFFSET,
+                          "no %s name for this layer's attention (tried %s)", lm_layout_name(c->to), in);
+    strcpy(out + strlen(out) - strlen(sib), to_leaf);
+    return 0;
+}
+
+static const char *const QKV[3] = { "q_proj.", "k_proj.", "v_proj." };
+
+/* LDM → diffusers: in_proj_weight [3d, d] or in_proj_bias [3d] → q, k, v items. */
+static int split_packed(conv *c, const plan_item *it, int bias, plan_item *out, size_t *w, lm_err *err)
+{
+    const lm_entry *e = lm_source_entry(c->s, it->src[0]);
+    int64_t d = bias ? (e->ndim == 1 ? e->shape[0] / 3 : 0) : (e->ndim == 2 ? e->shape[1] : 0);
+    if (d <= 0 || e->shape[0] != 3 * d) {
+        char sh[96];
+        shape_str(e, sh, sizeof sh);
+        return lm_err_set(err, LM_EINPUT, lm_source_path(c->s), e->name, LM_ERR_NO_OFFSET,
+                          "packed q/k/v %s is %s, expected %s", bias ? "bias" : "weight", sh, bias ? "[3d]" : "[3d, d]");
+    }
+    for (int k = 0; k < 3; k++) {
+        char leaf[32], name[512];
+        snprintf(leaf, sizeof leaf, "%s%s", QKV[k], bias ? "bias" : "weight");
+        int rc = qkv_name(c, it->name, bias ? "in_proj_bias" : "in_proj_weight", bias ? "out_proj.bias" : "out_proj.weight",
+                          leaf, name, sizeof name, err);
+        if (rc) return rc;
+        plan_item *q = &out[*w];
+        *q = *it;
+        if (!(q->name = strdup(name))) return lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), e->name, LM_ERR_NO_OFFSET, "out of memory");
+        q->row0 = k * d;
+        q->rows = d;
+        q->shape[0] = d;
+        q->numel = e->numel / 3;
+        (*w)++;
+    }
+    return 0;
+}
+
+/* diffusers → LDM: the q_proj item it (k = 0) becomes in_proj_* reading q, k, v;
+ * the k and v items (k = 1, 2) are taken by their q's. */
+static int merge_qkv(conv *c, const plan_item *it, int k, int bias, plan_item *out, size_t *w, lm_err *err)
+{
+    const char *path = lm_source_path(c->s), *leaf = bias ? "bias" : "weight";
+    int stem = (int)(strlen(it->name) - strlen(QKV[k]) - strlen(leaf));
+    char names[3][512];
+    int64_t idx[3];
+    for (int j = 0; j < 3; j++) {
+        snprintf(names[j], sizeof names[j], "%.*s%s%s", stem, it->name, QKV[j], leaf);
+        idx[j] = j == k ? (int64_t)it->src[0] : lm_source_find(c->s, names[j]);
+    }
+    for (int j = 0; j < 3; j++)
+        if (idx[j] < 0)
+            return lm_err_set(err, LM_EINPUT, path, names[j], LM_ERR_NO_OFFSET,
+                              "missing: the q/k/v set of %.*s is incomplete (an OpenCLIP encoder packs q, k and v into one in_proj_%s)",
+                              stem - 1, it->name, leaf);
+    if (k) return 0;   /* written as part of its q's in_proj */
+    const lm_entry *q = lm_source_entry(c->s, it->src[0]);
+    for (int j = 0; j < 3; j++) {
+        const lm_entry *x = lm_source_entry(c->s, (size_t)idx[j]);
+        int bad = x->ndim != (bias ? 1 : 2) || x->shape[0] <= 0 || (!bias && x->shape[1] != x->shape[0]);
+        if (bad || x->ndim != q->ndim || memcmp(x->shape, q->shape, sizeof(int64_t) * (size_t)q->ndim) || x->dtype != q->dtype) {
+            char sh[96], shq[96];
+            shape_str(x, sh, sizeof sh);
+            shape_str(q, shq, sizeof shq);
+            if (bad)
+                return lm_err_set(err, LM_EINPUT, path, x->name, LM_ERR_NO_OFFSET,
+                                  "is %s, expected %s to pack q, k and v into in_proj_%s", sh, bias ? "[d]" : "[d, d]", leaf);
+            return lm_err_set(err, LM_EINPUT, path, x->name, LM_ERR_NO_OFFSET,
+                              "%s %s does not match %s's %s %s: q, k and v must agree to be packed into in_proj_%s",
+                              lm_dtype_name(x->dtype), sh, names[0], lm_dtype_name(q->dtype), shq, leaf);
+        }
+    }
+    char name[512];
+    int rc = qkv_name(c, it->name, bias ? "q_proj.bias" : "q_proj.weight", bias ? "out_proj.bias" : "out_proj.weight",
+                      bias ? "in_proj_bias" : "in_proj_weight", name, sizeof name, err);
+    if (rc) return rc;
+    plan_item *p = &out[*w];
+    *p = *it;
+    if (!(p->name = strdup(name))) return lm_err_set(err, LM_ENOMEM, path, it->name, LM_ERR_NO_OFFSET, "out of memory");
+    p->n_src = 3;
+    for (int j = 0; j < 3; j++) p->src[j] = (size_t)idx[j];
+    p->shape[0] = 3 * q->shape[0];
+    p->numel = 3 * q->numel;
+    (*w)++;
+    return 0;
+}
+
+/* A tensor lm_layout_convert_name has no single name for: split, merge, drop
+ * (counted as unmapped, reported through on_drop), or refuse. */
+static int openclip_item(conv *c, const plan_item *it, plan_item *out, size_t *w, lm_err *err)
+{
+    const char *n = it->name;
+    if (c->to == LM_LAYOUT_DIFFUSERS) {
+        if (ends(n, ".attn.in_proj_weight")) return split_packed(c, it, 0, out, w, err);
+        if (ends(n, ".attn.in_proj_bias")) return split_packed(c, it, 1, out, w, err);
+        if (ends(n, "logit_scale")) {
+            c->r->n_unmapped++;
+            drop(c->o, n, "OpenCLIP's logit_scale (CLIP's contrastive temperature, unused by Stable Diffusion): "
+                          "transformers' text encoders have none; diffusers' converter drops it too");
+            return 0;
+        }
+    } else {
+        for (int bias = 0; bias < 2; bias++)
+            for (int k = 0; k < 3; k++) {
+                char suf[48];
+                snprintf(suf, sizeof suf, ".self_attn.%s%s", QKV[k], bias ? "bias" : "weight");
+                if (ends(n, suf)) return merge_qkv(c, it, k, bias, out, w, err);
+            }
+        if (ends(n, "position_ids")) {
+            c->r->n_unmapped++;
+            drop(c->o, n, "transformers' position_ids (a constant 0, 1, 2, ... buffer): OpenCLIP stores none");
+            return 0;
+        }
+    }
+    return lm_err_set(err, LM_EUNSUPPORTED, lm_source_path(c->s), n, LM_ERR_NO_OFFSET,
+                      "no %s name for this tensor", lm_layout_name(c->to));
 }
 
 /* A diffusers output holding one component gets bare names ("down_blocks.…"),
@@ -208,19 +370,30 @@ static int plan(conv *c, lm_err *err)
     snprintf(c->r->from_layout, sizeof c->r->from_layout, "%s", lm_layout_name(c->from));
     snprintf(c->r->to_layout, sizeof c->r->to_layout, "%s", lm_layout_name(c->to));
     if (c->from == c->to) return 0;
+    /* a packed in_proj becomes three items: at most 3n */
+    plan_item *out = calloc(3 * c->n + 1, sizeof *out);
+    if (!out) return lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), NULL, LM_ERR_NO_OFFSET, "out of memory");
     size_t w = 0;
+    int rc = 0;
     for (size_t k = 0; k < c->n; k++) {
-        int rc = relayout(c, &c->items[k], err);
-        if (rc < 0) return rc;
-        if (rc == 1) {
-            c->r->n_unmapped++;
-            drop(o, c->items[k].name, "no name in the target layout");
-            free(c->items[k].name);
+        plan_item *it = &c->items[k];
+        if (!rc && (rc = relayout(c, it, err)) == 0) {
+            out[w++] = *it;   /* the name moves */
             continue;
         }
-        c->items[w++] = c->items[k];
+        if (rc == 1) {
+            c->r->n_unmapped++;
+            drop(o, it->name, "no name in the target layout");
+            rc = 0;
+        } else if (rc == 2) {
+            rc = openclip_item(c, it, out, &w, err);
+        }
+        free(it->name);
     }
+    free(c->items);
+    c->items = out;
     c->n = w;
+    if (rc) return rc;
     strip_single_component(c);
     return 0;
 }
@@ -245,39 +418,55 @@ static int emit(lm_writer *w, const void *src, lm_dtype from, lm_dtype to, size_
     return lm_writer_write(w, out, n * lm_dtype_size(to), err);
 }
 
-static int write_item(conv *c, lm_writer *w, const plan_item *it, unsigned char *chunk, lm_err *err)
+/* Writes rows [row0, row0 + rows) of entry src (rows 0: all of it), transposed
+ * first if asked, converted to dtype to. Straight from the mapping when the
+ * entry lies there; else the entry is read whole (about one tensor in memory). */
+static int write_piece(conv *c, lm_writer *w, size_t src, int64_t row0, int64_t rows, int transpose, lm_dtype to,
+                       unsigned char *chunk, int64_t *ovf, lm_err *err)
 {
-    const lm_entry *e = lm_source_entry(c->s, it->src);
-    size_t es = lm_dtype_size(e->dtype), n = (size_t)e->numel;
-    int64_t ovf = 0;
+    const lm_entry *e = lm_source_entry(c->s, src);
+    size_t es = lm_dtype_size(e->dtype);
+    size_t row = rows && e->shape[0] ? (size_t)e->numel / (size_t)e->shape[0] : 0;
+    size_t off = rows ? (size_t)row0 * row : 0, n = rows ? (size_t)rows * row : (size_t)e->numel;
     int rc = 0;
-    const unsigned char *raw = it->transpose ? NULL : lm_source_raw(c->s, it->src);
+    const unsigned char *raw = transpose ? NULL : lm_source_raw(c->s, src);
     if (raw) {
+        raw += off * es;
         for (size_t k = 0; k < n && !rc; k += CHUNK_ELEMS) {
             size_t m = n - k < CHUNK_ELEMS ? n - k : CHUNK_ELEMS;
-            rc = emit(w, raw + k * es, e->dtype, it->dtype, m, chunk, &ovf, err);
+            rc = emit(w, raw + k * es, e->dtype, to, m, chunk, ovf, err);
             release_pages(raw + k * es, m * es);   /* resident memory stays about one chunk */
         }
-    } else {
-        unsigned char *buf = malloc(e->nbytes ? e->nbytes : 1);
-        unsigned char *tmp = it->transpose ? malloc(e->nbytes ? e->nbytes : 1) : NULL;
-        if (!buf || (it->transpose && !tmp)) rc = lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), e->name, LM_ERR_NO_OFFSET, "out of memory");
-        if (!rc) rc = lm_source_read(c->s, it->src, buf, err);
-        if (!rc && tmp) {   /* [r, c] → [c, r] */
-            int64_t R = e->shape[0], C = e->shape[1];
-            for (int64_t i = 0; i < R; i++)
-                for (int64_t j = 0; j < C; j++) memcpy(tmp + (size_t)(j * R + i) * es, buf + (size_t)(i * C + j) * es, es);
-            unsigned char *x = buf; buf = tmp; tmp = x;
-        }
-        for (size_t k = 0; k < n && !rc; k += CHUNK_ELEMS) {
-            size_t m = n - k < CHUNK_ELEMS ? n - k : CHUNK_ELEMS;
-            rc = emit(w, buf + k * es, e->dtype, it->dtype, m, chunk, &ovf, err);
-        }
-        free(buf);
-        free(tmp);
+        return rc;
     }
+    unsigned char *buf = malloc(e->nbytes ? e->nbytes : 1);
+    unsigned char *tmp = transpose ? malloc(e->nbytes ? e->nbytes : 1) : NULL;
+    if (!buf || (transpose && !tmp)) rc = lm_err_set(err, LM_ENOMEM, lm_source_path(c->s), e->name, LM_ERR_NO_OFFSET, "out of memory");
+    if (!rc) rc = lm_source_read(c->s, src, buf, err);
+    if (!rc && tmp) {   /* [r, c] → [c, r] */
+        int64_t R = e->shape[0], C = e->shape[1];
+        for (int64_t i = 0; i < R; i++)
+            for (int64_t j = 0; j < C; j++) memcpy(tmp + (size_t)(j * R + i) * es, buf + (size_t)(i * C + j) * es, es);
+        unsigned char *x = buf; buf = tmp; tmp = x;
+    }
+    for (size_t k = 0; k < n && !rc; k += CHUNK_ELEMS) {
+        size_t m = n - k < CHUNK_ELEMS ? n - k : CHUNK_ELEMS;
+        rc = emit(w, buf + (off + k) * es, e->dtype, to, m, chunk, ovf, err);
+    }
+    free(buf);
+    free(tmp);
+    return rc;
+}
+
+/* One output tensor: its pieces (one tensor, a row block of one, or q, k, v in turn). */
+static int write_item(conv *c, lm_writer *w, const plan_item *it, unsigned char *chunk, lm_err *err)
+{
+    int64_t ovf = 0;
+    int rc = 0;
+    for (int p = 0; p < it->n_src && !rc; p++)
+        rc = write_piece(c, w, it->src[p], it->row0, it->rows, it->transpose, it->dtype, chunk, &ovf, err);
     if (rc) { lm_err_key(err, it->name); return rc; }
-    if (it->dtype != e->dtype) c->r->n_converted++;
+    if (it->dtype != lm_source_entry(c->s, it->src[0])->dtype) c->r->n_converted++;
     if (ovf) {
         c->r->n_overflow_tensors++;
         c->r->n_overflow_values += ovf;
@@ -359,11 +548,11 @@ int lm_model_convert(const char *in_path, const char *out_path, const lm_convert
         rc = lm_writer_open(&w, out_path, wt, c.n, meta, n_meta, &wo, err);
     }
     uint64_t total = 0, done = 0;
-    for (size_t k = 0; !rc && k < c.n; k++) total += (uint64_t)lm_source_entry(c.s, c.items[k].src)->numel * lm_dtype_size(c.items[k].dtype);
+    for (size_t k = 0; !rc && k < c.n; k++) total += (uint64_t)c.items[k].numel * lm_dtype_size(c.items[k].dtype);
     for (size_t k = 0; !rc && k < c.n; k++) {
         const plan_item *it = &c.items[lm_writer_tensor_index(w, k)];
         rc = write_item(&c, w, it, chunk, err);
-        done += (uint64_t)lm_source_entry(c.s, it->src)->numel * lm_dtype_size(it->dtype);
+        done += (uint64_t)it->numel * lm_dtype_size(it->dtype);
         if (o->on_progress) o->on_progress(o->ctx, done, total);
     }
     if (hashing) pthread_join(th, NULL);
