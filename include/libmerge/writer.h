@@ -79,6 +79,12 @@ int lm_writer_write(lm_writer *w, const void *data, size_t nbytes, lm_err *err);
  * lm_writer_write; LM_EIO naming src_path when it cannot be opened or read
  * (the temp file is removed). */
 int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err);
+/* The same from src_fd, a descriptor the caller opened on src_path (read with explicit
+ * offsets only: its file position is left alone; the writer keeps a duplicate until it is
+ * freed): the bytes come from the file that descriptor opened even if src_path is removed
+ * or replaced meanwhile, as lm_bake needs while it maps the base. src_path names the file
+ * in errors; src_fd < 0 behaves as lm_writer_copy_from. Errors: as lm_writer_copy_from. */
+int lm_writer_copy_from_fd(lm_writer *w, int src_fd, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err);
 
 /* Writes nbytes at byte off of the data area (0: the first byte after the
  * header) with pwrite(2), from any thread and in any order, without moving the

@@ -45,6 +45,7 @@ struct lm_writer {
     int failed;              /* LM_E* once a write failed: temp already removed */
     int src_fd;              /* lm_writer_copy_from: the source file kept open between calls */
     char *src_path;
+    int src_given;           /* the caller's descriptor src_fd duplicates (copy_from_fd), or -1 */
     uint64_t pend_off, pend_len;  /* a copy not yet issued: contiguous copies coalesce into one */
     wr_tensor *t;
     size_t n;
@@ -479,6 +480,7 @@ int lm_writer_open(lm_writer **out, const char *path, const lm_wtensor *tensors,
     if (!w || !(w->path = strdup(path))) { free(w); return lm_err_set(err, LM_ENOMEM, path, NULL, LM_ERR_NO_OFFSET, "out of memory"); }
     w->fd = -1;
     w->src_fd = -1;
+    w->src_given = -1;
     w->pfd = -1;
     w->dfd = -1;
     if (opts->n_inputs) {
@@ -764,7 +766,10 @@ int lm_writer_skip(lm_writer *w, size_t nbytes, lm_err *err)
     return 0;
 }
 
-int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err)
+/* lm_writer_copy_from(_fd): given >= 0 is the caller's descriptor for src_path (duplicated,
+ * so the bytes come from the file it opened even if the name now leads elsewhere), -1: the
+ * path is opened here. */
+static int copy_from(lm_writer *w, int given, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err)
 {
     if (w->failed)
         return lm_err_set(err, w->failed, w->path, NULL, LM_ERR_NO_OFFSET, "writer already failed");
@@ -774,13 +779,14 @@ int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uin
                    (unsigned long long)(nbytes - (w->data_len - w->written)), (unsigned long long)w->data_len);
         return fail(w, LM_EUSAGE);
     }
-    if (!w->src_path || strcmp(w->src_path, src_path) != 0) {
+    if (!w->src_path || strcmp(w->src_path, src_path) != 0 || w->src_given != given) {
         int rc = flush_buf(w, err);   /* a pending copy reads the old source */
         if (rc) return rc;
         if (w->src_fd >= 0) close(w->src_fd);
         free(w->src_path);
         w->src_path = strdup(src_path);
-        w->src_fd = open(src_path, O_RDONLY | O_CLOEXEC);
+        w->src_given = given;
+        w->src_fd = given >= 0 ? fcntl(given, F_DUPFD_CLOEXEC, 0) : open(src_path, O_RDONLY | O_CLOEXEC);
         if (!w->src_path || w->src_fd < 0) {
             int e = errno;
             lm_err_set(err, LM_EIO, src_path, NULL, LM_ERR_NO_OFFSET, "cannot open: %s", strerror(e));
@@ -798,6 +804,17 @@ int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uin
     w->written += nbytes;
     advance(w);
     return 0;
+}
+
+int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err)
+{
+    return copy_from(w, -1, src_path, offset, nbytes, err);
+}
+
+int lm_writer_copy_from_fd(lm_writer *w, int src_fd, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err)
+{
+    if (src_fd < 0) return copy_from(w, -1, src_path, offset, nbytes, err);
+    return copy_from(w, src_fd, src_path, offset, nbytes, err);
 }
 
 static int fsync_dir(const char *path)

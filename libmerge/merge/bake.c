@@ -41,7 +41,7 @@ static int write_copy(bake *b, lm_writer *w, size_t t, lm_err *err)
     const void *raw = lm_source_raw(src, t);
     if (raw && lm_source_format(src) == LM_FMT_SAFETENSORS) {
         /* copied by the kernel (copy_file_range), as cp does */
-        return lm_writer_copy_from(w, lm_source_path(src), e->offset, e->nbytes, err);
+        return lm_writer_copy_from_fd(w, b->base_fd, lm_source_path(src), e->offset, e->nbytes, err);
     }
     if (raw) {
         int rc = emit(b, w, raw, e->nbytes, err);
@@ -211,6 +211,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     const char **legacy = calloc(n + 1, sizeof *legacy);
     bake b;
     memset(&b, 0, sizeof b);
+    b.base_fd = -1;
     lm_source *src = NULL;
     lm_keymap *km = NULL;
     lm_writer *w = NULL;
@@ -234,6 +235,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     hb.cached = lm_hash_cache_get(base, &hb.key, hb.hex);
     if ((rc = lm_source_open(&src, base, NULL, err))) goto done;
     hb.fd = open(base, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* before the output exists */
+    b.base_fd = hb.fd;
     lmm_legacy_hash_source(src, base, lh[0]);
     legacy[0] = lh[0];
     if ((rc = lm_keymap_build(&km, src, err))) { lm_err_file(err, base); goto done; }

@@ -60,6 +60,9 @@ typedef struct bake {
     lm_writer *w;      /* set (under mu) once the output is open: workers then write their
                           tensors in place, in parallel, instead of the writer thread */
     uint64_t *out_off; /* nt: data-area offset of each tensor in the output */
+    int base_fd;       /* the base opened before the output exists (hash_job.fd), or -1:
+                          untouched tensors are copied from it, not from its name, so a base
+                          removed or replaced mid-bake cannot mix files */
 } bake;
 
 typedef struct hash_job {
