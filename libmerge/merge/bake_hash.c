@@ -117,7 +117,10 @@ void *lmb_out_hash_thread(void *arg)
             pthread_mutex_unlock(&b->mu);
             continue;
         }
-        if (b->stop) { ok = 0; break; }
+        pthread_mutex_lock(&b->mu);
+        int stop = b->stop;
+        pthread_mutex_unlock(&b->mu);
+        if (stop) { ok = 0; break; }
         const uint8_t *raw = lm_source_raw(b->src, t);
         if (!raw) {
             if (e->nbytes > tcap) {

@@ -70,7 +70,7 @@ typedef struct plainf {
 /* Reads the factors of every update of tensor t into wb->fac when all of them are plain
  * up·down modules (no DoRA, no bias, factors that flatten to [rows, r] and [r, per]).
  * Returns the count, 0 when some update is not plain (then the whole-tensor path runs),
- * or -1 with r->err set. */
+ * or the error (an LM_E* code, negative) with *err set. */
 static int plain_factors(bake *b, size_t t, int64_t per, wbuf *wb, plainf *pf, int maxpf, lm_err *err)
 {
     size_t nu = b->uoff[t + 1] - b->uoff[t], need = 0;
@@ -87,10 +87,8 @@ static int plain_factors(bake *b, size_t t, int64_t per, wbuf *wb, plainf *pf, i
             return 0;
         need += (size_t)(m->rank * (u->rows + per));
     }
-    if (grow(&wb->fac, &wb->faccap, need)) {
-        lm_err_set(err, LM_ENOMEM, NULL, lm_source_entry(b->src, t)->name, LM_ERR_NO_OFFSET, "out of memory");
-        return -1;
-    }
+    if (grow(&wb->fac, &wb->faccap, need))
+        return lm_err_set(err, LM_ENOMEM, NULL, lm_source_entry(b->src, t)->name, LM_ERR_NO_OFFSET, "out of memory");
     float *p = wb->fac;
     for (size_t k = 0; k < nu; k++) {
         const upd *u = &b->upds[b->uoff[t] + k];
@@ -104,7 +102,7 @@ static int plain_factors(bake *b, size_t t, int64_t per, wbuf *wb, plainf *pf, i
         if (rc) {
             lm_err_file(err, b->in[u->lora].path);
             lm_err_key(err, m->name);
-            return -1;
+            return rc;
         }
         p += r * (u->rows + per);
     }
@@ -139,7 +137,7 @@ static int compute_blocked(bake *b, size_t t, wbuf *wb, void *out, result *r)
     const int64_t rows = e->shape[0], per = e->numel / rows;
     plainf pf[8];
     int np = plain_factors(b, t, per, wb, pf, 8, &r->err);
-    if (np < 0) return -1;
+    if (np < 0) return np;       /* the LM_E* code, not -1 (LM_EUSAGE) */
     if (np == 0) return 1;
     int64_t rb = BLOCK_FLOATS / per;
     rb = rb < BLOCK_ROWS_MIN ? BLOCK_ROWS_MIN : rb;
