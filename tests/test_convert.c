@@ -1,6 +1,8 @@
 /* model-convert engine: dtype change (floats only, overflow per tensor),
  * prune, use-ema, LDM <-> diffusers layout (identical bytes against the
- * golden tiny SD1.5 models), metadata, refusals leaving no output. */
+ * golden tiny SD1.5 models; OpenCLIP encoders' packed q/k/v against the
+ * numpy-made goldens of fixtures/convert/), metadata, refusals leaving no
+ * output. */
 #include "test.h"
 #include "libmerge/convert.h"
 #include "libmerge/source.h"
@@ -13,9 +15,11 @@ static char g_dir[64];
 
 static const char *tmp_out(const char *name)
 {
-    static char p[160];
-    snprintf(p, sizeof p, "%s/%s", g_dir, name);
-    return p;
+    static char p[4][160];   /* a few live at once: convert(tmp_out(a), tmp_out(b)) */
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(p[k], sizeof p[k], "%s/%s", g_dir, name);
+    return p[k];
 }
 
 static lm_source *open_out(const char *path)
@@ -253,6 +257,256 @@ static void refusals_leave_no_output(void)
     CHECK_EQ_INT(lm_model_convert(in, tmp_out("i8.safetensors"), &o, NULL, &e), LM_EUSAGE);
 }
 
+/* ---- OpenCLIP text encoders: packed in_proj <-> q/k/v_proj (fixtures/convert/) ---- */
+
+#define TE2_LDM "conditioner.embedders.1.model."
+#define TE2_DIF "text_encoder_2.text_model."
+
+/* every tensor of a is in b with the same dtype, shape and bytes, and b has
+ * exactly one more, named extra (NULL: none more) */
+static int same_but(const lm_source *a, const lm_source *b, const char *extra, char *bad, size_t nbad)
+{
+    snprintf(bad, nbad, "counts %zu, %zu", lm_source_count(a), lm_source_count(b));
+    if (lm_source_count(a) + (extra ? 1 : 0) != lm_source_count(b)) return 0;
+    if (extra && (lm_source_find(b, extra) < 0 || lm_source_find(a, extra) >= 0)) { snprintf(bad, nbad, "extra %s", extra); return 0; }
+    for (size_t i = 0; i < lm_source_count(a); i++) {
+        const lm_entry *x = lm_source_entry(a, i);
+        int64_t j = lm_source_find(b, x->name);
+        snprintf(bad, nbad, "%s", x->name);
+        if (j < 0) return 0;
+        const lm_entry *y = lm_source_entry(b, (size_t)j);
+        if (x->dtype != y->dtype || x->ndim != y->ndim || memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim)) return 0;
+        void *p = malloc(x->nbytes + 1), *q = malloc(y->nbytes + 1);
+        int eq = !lm_source_read(a, i, p, NULL) && !lm_source_read(b, (size_t)j, q, NULL) && !memcmp(p, q, x->nbytes);
+        free(p);
+        free(q);
+        if (!eq) return 0;
+    }
+    return 1;
+}
+
+static char g_drop_name[256], g_drop_why[512];
+static int g_drops;
+static void record_drop(void *ctx, const char *name, const char *why)
+{
+    (void)ctx;
+    snprintf(g_drop_name, sizeof g_drop_name, "%s", name);
+    snprintf(g_drop_why, sizeof g_drop_why, "%s", why);
+    g_drops++;
+}
+
+static int convert_layout(const char *in, const char *out, lm_layout to, lm_dtype dt, lm_convert_report *r)
+{
+    lm_err e;
+    lm_convert_opts o = LM_CONVERT_OPTS_INIT;
+    o.layout = to;
+    o.dtype = dt;
+    o.on_drop = record_drop;
+    o.on_overflow = record_overflow;
+    g_drops = g_ovf_calls = 0;
+    g_drop_name[0] = g_ovf_name[0] = '\0';
+    int rc = lm_model_convert(in, out, &o, r, &e);
+    if (rc) { char b[1400]; printf("    %s\n", lm_err_format(&e, b, sizeof b)); }
+    return rc;
+}
+
+/* rows [row0, row0 + rows) of entry name of s, as bytes */
+static void *read_rows(const lm_source *s, const char *name, int64_t row0, int64_t rows, size_t *nbytes)
+{
+    int64_t i = lm_source_find(s, name);
+    if (i < 0) return NULL;
+    const lm_entry *e = lm_source_entry(s, (size_t)i);
+    unsigned char *all = malloc(e->nbytes);
+    if (!all || lm_source_read(s, (size_t)i, all, NULL)) { free(all); return NULL; }
+    size_t row = e->nbytes / (size_t)e->shape[0];
+    *nbytes = (size_t)rows * row;
+    memmove(all, all + (size_t)row0 * row, *nbytes);
+    return all;
+}
+
+/* q, k, v of every layer of out equal row blocks 0, 1, 2 of in's packed tensors, bit for bit */
+static int qkv_are_row_blocks(const lm_source *in, const char *ldm, const lm_source *out, const char *dif, int layers, int d)
+{
+    static const char *const qkv[3] = { "q_proj", "k_proj", "v_proj" };
+    int ok = 1;
+    for (int n = 0; n < layers; n++)
+        for (int bias = 0; bias < 2; bias++)
+            for (int k = 0; k < 3; k++) {
+                char pn[256], qn[256];
+                snprintf(pn, sizeof pn, "%stransformer.resblocks.%d.attn.in_proj_%s", ldm, n, bias ? "bias" : "weight");
+                snprintf(qn, sizeof qn, "%sencoder.layers.%d.self_attn.%s.%s", dif, n, qkv[k], bias ? "bias" : "weight");
+                size_t a = 0, b = 0;
+                void *p = read_rows(in, pn, k * d, d, &a);
+                int64_t j = lm_source_find(out, qn);
+                void *q = j < 0 ? NULL : read_rows(out, qn, 0, d, &b);
+                int eq = p && q && a == b && !memcmp(p, q, a) &&
+                         lm_source_entry(out, (size_t)j)->shape[0] == d && lm_source_entry(out, (size_t)j)->ndim == (bias ? 1 : 2);
+                if (!eq) { printf("    %s is not rows [%d, %d) of %s\n", qn, k * d, (k + 1) * d, pn); ok = 0; }
+                free(p);
+                free(q);
+            }
+    return ok;
+}
+
+static void openclip_split_is_row_blocks(void)
+{
+    lm_convert_report r;
+    char bad[300];
+    const char *out = tmp_out("te_dif.safetensors");
+    CHECK(!convert_layout(FIXTURE("convert/sdxl_te_ldm.safetensors"), out, LM_LAYOUT_DIFFUSERS, LM_DT_INVALID, &r));
+    CHECK_EQ_STR(r.to_layout, "diffusers");
+    CHECK_EQ_INT(r.n_in, 34);
+    CHECK_EQ_INT(r.n_out, 41);      /* 2 layers x 2 packed tensors -> 3 each; logit_scale left out */
+    CHECK_EQ_INT(r.n_unmapped, 1);
+    CHECK_EQ_INT(g_drops, 1);
+    CHECK_EQ_STR(g_drop_name, TE2_LDM "logit_scale");
+    CHECK(strstr(g_drop_why, "logit_scale") && strstr(g_drop_why, "diffusers"));
+    lm_source *in = open_out(FIXTURE("convert/sdxl_te_ldm.safetensors")), *s = open_out(out);
+    lm_source *g = open_out(FIXTURE("convert/sdxl_te_diffusers.safetensors"));
+    CHECK(in && s && g);
+    if (!in || !s || !g) goto done;
+    CHECK(qkv_are_row_blocks(in, TE2_LDM, s, TE2_DIF, 2, 8));
+    /* the whole file against numpy's conversion (which also has position_ids) */
+    CHECK_MSG(same_but(s, g, TE2_DIF "embeddings.position_ids", bad, sizeof bad), "differs from the numpy golden at %s", bad);
+    /* the first encoder (transformers' names in both layouts) keeps its q_proj */
+    CHECK(lm_source_find(s, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.weight") >= 0);
+    int64_t i = lm_source_find(s, "text_encoder_2.text_projection.weight");
+    CHECK(i >= 0 && lm_source_entry(s, (size_t)i)->shape[0] == 6 && lm_source_entry(s, (size_t)i)->shape[1] == 8);
+done:
+    lm_source_close(in);
+    lm_source_close(s);
+    lm_source_close(g);
+}
+
+static void openclip_merge_round_trip_exact(void)
+{
+    lm_convert_report r;
+    char bad[300];
+    const char *ldm = FIXTURE("convert/sdxl_te_ldm.safetensors");
+    /* numpy's diffusers file -> LDM: in_proj re-packed, projection transposed back */
+    CHECK(!convert_layout(FIXTURE("convert/sdxl_te_diffusers.safetensors"), tmp_out("te_back.safetensors"), LM_LAYOUT_LDM, LM_DT_INVALID, &r));
+    CHECK_EQ_INT(r.n_out, 33);
+    CHECK_EQ_INT(r.n_unmapped, 1);
+    CHECK_EQ_STR(g_drop_name, TE2_DIF "embeddings.position_ids");
+    CHECK(strstr(g_drop_why, "position_ids"));
+    lm_source *a = open_out(tmp_out("te_back.safetensors")), *o = open_out(ldm);
+    CHECK(a && o);
+    CHECK_MSG(a && o && same_but(a, o, TE2_LDM "logit_scale", bad, sizeof bad), "differs from the original at %s", bad);
+    lm_source_close(a);
+    /* and ours: LDM -> diffusers -> LDM gives the original tensors bit for bit */
+    CHECK(!convert_layout(ldm, tmp_out("rt_dif.safetensors"), LM_LAYOUT_DIFFUSERS, LM_DT_INVALID, &r));
+    CHECK(!convert_layout(tmp_out("rt_dif.safetensors"), tmp_out("rt_ldm.safetensors"), LM_LAYOUT_LDM, LM_DT_INVALID, &r));
+    CHECK_EQ_INT(r.n_unmapped, 0);
+    a = open_out(tmp_out("rt_ldm.safetensors"));
+    CHECK(a);
+    CHECK_MSG(a && o && same_but(a, o, TE2_LDM "logit_scale", bad, sizeof bad), "round trip differs at %s", bad);
+    int64_t i = a ? lm_source_find(a, TE2_LDM "transformer.resblocks.1.attn.in_proj_weight") : -1;
+    CHECK(i >= 0 && lm_source_entry(a, (size_t)i)->shape[0] == 24 && lm_source_entry(a, (size_t)i)->shape[1] == 8);
+    lm_source_close(a);
+    lm_source_close(o);
+}
+
+static void openclip_split_fp16(void)
+{
+    lm_convert_report r;
+    lm_err e;
+    CHECK(!convert_layout(FIXTURE("convert/sdxl_te_ldm.safetensors"), tmp_out("te16.safetensors"), LM_LAYOUT_DIFFUSERS, LM_DT_F16, &r));
+    CHECK_EQ_INT(r.n_converted, 41);
+    /* the 70000 planted in layer 1's v block overflows there, and only there */
+    CHECK_EQ_INT(g_ovf_calls, 1);
+    CHECK_EQ_STR(g_ovf_name, TE2_DIF "encoder.layers.1.self_attn.v_proj.weight");
+    CHECK_EQ_INT(r.n_overflow_values, 1);
+    lm_source *in = open_out(FIXTURE("convert/sdxl_te_ldm.safetensors")), *s = open_out(tmp_out("te16.safetensors"));
+    CHECK(in && s);
+    if (!in || !s) goto done;
+    static const char *const qkv[3] = { "q_proj", "k_proj", "v_proj" };
+    float w[24 * 8], bias[24];
+    uint16_t h[64];
+    CHECK_OK(lm_source_read_f32(in, (size_t)lm_source_find(in, TE2_LDM "transformer.resblocks.1.attn.in_proj_weight"), w, &e), &e);
+    CHECK_OK(lm_source_read_f32(in, (size_t)lm_source_find(in, TE2_LDM "transformer.resblocks.1.attn.in_proj_bias"), bias, &e), &e);
+    for (int k = 0; k < 3; k++) {
+        char n[160];
+        snprintf(n, sizeof n, TE2_DIF "encoder.layers.1.self_attn.%s.weight", qkv[k]);
+        int64_t i = lm_source_find(s, n);
+        CHECK(i >= 0 && lm_source_entry(s, (size_t)i)->dtype == LM_DT_F16);
+        if (i < 0) continue;
+        CHECK_OK(lm_source_read(s, (size_t)i, h, &e), &e);
+        int same = 1;
+        for (int j = 0; j < 64; j++) same &= h[j] == lm_f32_to_f16(w[k * 64 + j]);
+        CHECK_MSG(same, "%s is not fp16 of rows [%d, %d)", n, 8 * k, 8 * k + 8);
+        snprintf(n, sizeof n, TE2_DIF "encoder.layers.1.self_attn.%s.bias", qkv[k]);
+        i = lm_source_find(s, n);
+        CHECK(i >= 0 && lm_source_entry(s, (size_t)i)->dtype == LM_DT_F16);
+        if (i < 0) continue;
+        CHECK_OK(lm_source_read(s, (size_t)i, h, &e), &e);
+        same = 1;
+        for (int j = 0; j < 8; j++) same &= h[j] == lm_f32_to_f16(bias[k * 8 + j]);
+        CHECK_MSG(same, "%s is not fp16 of elements [%d, %d)", n, 8 * k, 8 * k + 8);
+    }
+    CHECK(h[0] != 0 || h[1] != 0);
+done:
+    lm_source_close(in);
+    lm_source_close(s);
+}
+
+/* in_proj_weight stored as a transposed view in a torch zip: not in the mapping,
+ * read whole; the split must give the same tensors */
+static void openclip_split_from_noncontiguous_torch(void)
+{
+    lm_convert_report r;
+    char bad[300];
+    CHECK(!convert_layout(FIXTURE("convert/sdxl_te_ldm_noncontig.pt"), tmp_out("te_pt.safetensors"), LM_LAYOUT_DIFFUSERS, LM_DT_INVALID, &r));
+    lm_source *pt = open_out(FIXTURE("convert/sdxl_te_ldm_noncontig.pt")), *s = open_out(tmp_out("te_pt.safetensors"));
+    lm_source *g = open_out(FIXTURE("convert/sdxl_te_diffusers.safetensors"));
+    CHECK(pt && s && g);
+    int64_t i = pt ? lm_source_find(pt, TE2_LDM "transformer.resblocks.0.attn.in_proj_weight") : -1;
+    CHECK(i >= 0 && lm_source_raw(pt, (size_t)i) == NULL);   /* the path this test is for */
+    CHECK_MSG(s && g && same_but(s, g, TE2_DIF "embeddings.position_ids", bad, sizeof bad), "differs from the numpy golden at %s", bad);
+    lm_source_close(pt);
+    lm_source_close(s);
+    lm_source_close(g);
+}
+
+static void openclip_incomplete_qkv_refused(void)
+{
+    lm_err e;
+    lm_convert_opts o = LM_CONVERT_OPTS_INIT;
+    o.layout = LM_LAYOUT_LDM;
+    lm_err_clear(&e);
+    CHECK_EQ_INT(lm_model_convert(FIXTURE("convert/sdxl_te_diffusers_no_v.safetensors"), tmp_out("nov.safetensors"), &o, NULL, &e), LM_EINPUT);
+    CHECK(strstr(e.file, "sdxl_te_diffusers_no_v.safetensors"));
+    CHECK_EQ_STR(e.key, TE2_DIF "encoder.layers.1.self_attn.v_proj.weight");
+    CHECK(strstr(e.msg, "incomplete"));
+    CHECK(access(tmp_out("nov.safetensors"), F_OK) != 0);
+    lm_err_clear(&e);
+    CHECK_EQ_INT(lm_model_convert(FIXTURE("convert/sdxl_te_diffusers_k_shape.safetensors"), tmp_out("ksh.safetensors"), &o, NULL, &e), LM_EINPUT);
+    CHECK_EQ_STR(e.key, TE2_DIF "encoder.layers.0.self_attn.k_proj.bias");
+    CHECK(strstr(e.msg, "[6]") && strstr(e.msg, "[8]") && strstr(e.msg, "q_proj.bias"));
+    CHECK(access(tmp_out("ksh.safetensors"), F_OK) != 0);
+}
+
+/* SD2.x: the encoder under cond_stage_model.model., no projection */
+static void openclip_sd2_round_trip(void)
+{
+    lm_convert_report r;
+    char bad[300];
+    const char *in = FIXTURE("convert/sd2_tiny_ldm.safetensors");
+    CHECK(!convert_layout(in, tmp_out("sd2_dif.safetensors"), LM_LAYOUT_DIFFUSERS, LM_DT_INVALID, &r));
+    CHECK_EQ_STR(g_drop_name, "cond_stage_model.model.logit_scale");
+    CHECK_EQ_INT(r.n_out, 39);        /* 32 in, logit_scale out, 2 x 2 packed tensors -> 3 each */
+    lm_source *a = open_out(in), *d = open_out(tmp_out("sd2_dif.safetensors"));
+    CHECK(a && d);
+    CHECK(a && d && qkv_are_row_blocks(a, "cond_stage_model.model.", d, "text_encoder.text_model.", 2, 8));
+    CHECK(d && lm_source_find(d, "unet.down_blocks.3.resnets.1.norm1.weight") >= 0);
+    CHECK(!convert_layout(tmp_out("sd2_dif.safetensors"), tmp_out("sd2_ldm.safetensors"), LM_LAYOUT_LDM, LM_DT_INVALID, &r));
+    CHECK_EQ_STR(r.from_layout, "diffusers");
+    lm_source *b = open_out(tmp_out("sd2_ldm.safetensors"));
+    CHECK_MSG(a && b && same_but(b, a, "cond_stage_model.model.logit_scale", bad, sizeof bad), "round trip differs at %s", bad);
+    lm_source_close(a);
+    lm_source_close(b);
+    lm_source_close(d);
+}
+
 int main(void)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/lm_test_convert.XXXXXX");
@@ -267,6 +521,12 @@ int main(void)
     RUN(layout_unknown_architecture_refused);
     RUN(safetensors_to_safetensors_bf16);
     RUN(refusals_leave_no_output);
+    RUN(openclip_split_is_row_blocks);
+    RUN(openclip_merge_round_trip_exact);
+    RUN(openclip_split_fp16);
+    RUN(openclip_split_from_noncontiguous_torch);
+    RUN(openclip_incomplete_qkv_refused);
+    RUN(openclip_sd2_round_trip);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
     if (system(cmd)) {}

@@ -50,3 +50,18 @@ if [ -w /dev/full ]; then
   if [ "$rc" = 4 ] && grep -q 'model-convert: standard output: write error: No space left on device' "$T/err"; then
     echo "PASS model_convert_stdout_full"; else echo "FAIL model_convert_stdout_full: status $rc: $(head -c 300 "$T/err")"; fi
 fi
+
+# OpenCLIP text encoders (SDXL's second here): packed in_proj split into q/k/v_proj, logit_scale
+# left out and listed under "dropped"; back to LDM re-packs them; an incomplete q/k/v set is refused
+check model_convert_openclip_split 0 "$MC" fixtures/convert/sdxl_te_ldm.safetensors -o "$T/te.safetensors" --layout diffusers
+if grep -q '41 tensors (0 converted, layout ldm -> diffusers, 1 without a diffusers name left out)' "$T/out"; then
+  echo "PASS model_convert_openclip_split_summary"; else echo "FAIL model_convert_openclip_split_summary: $(cat "$T/out")"; fi
+check model_convert_openclip_merge_json 0 "$MC" "$T/te.safetensors" -o "$T/te_ldm.safetensors" --layout ldm --json
+if /usr/bin/env python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["tensors_out"]==33 and d["unmapped"]==0 and d["dropped"]==[] else 1)' "$T/out" 2>/dev/null; then
+  echo "PASS model_convert_openclip_merge_report"; else echo "FAIL model_convert_openclip_merge_report: $(head -c 300 "$T/out")"; fi
+check model_convert_openclip_drop_json 0 "$MC" fixtures/convert/sdxl_te_ldm.safetensors -o "$T/te2.safetensors" --layout diffusers --json
+if /usr/bin/env python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); x=d["dropped"]; sys.exit(0 if d["unmapped"]==1 and len(x)==1 and x[0]["tensor"]=="conditioner.embedders.1.model.logit_scale" and "diffusers" in x[0]["why"] else 1)' "$T/out" 2>/dev/null; then
+  echo "PASS model_convert_openclip_logit_scale_reported"; else echo "FAIL model_convert_openclip_logit_scale_reported: $(head -c 400 "$T/out")"; fi
+check model_convert_openclip_incomplete 3 "$MC" fixtures/convert/sdxl_te_diffusers_no_v.safetensors -o "$T/nov.safetensors" --layout ldm
+if grep -q 'sdxl_te_diffusers_no_v.safetensors: text_encoder_2.text_model.encoder.layers.1.self_attn.v_proj.weight: missing: the q/k/v set of .* is incomplete' "$T/err" && [ ! -e "$T/nov.safetensors" ]; then
+  echo "PASS model_convert_openclip_incomplete_message"; else echo "FAIL model_convert_openclip_incomplete_message: $(cat "$T/err")"; fi
