@@ -10,6 +10,7 @@
 
 #include "libmerge/source.h"
 #include "libmerge/vae.h"
+#include "sampler/vae_impl.h"
 #include "sampler/weights.h"
 #include "test.h"
 
@@ -189,6 +190,45 @@ static void test_vae_auto_banded(void)
     CHECK_MSG(mx <= 1e-4, "automatic bands vs untiled: max |diff| %.3g", mx);
 }
 
+/* Automatic bands of any height: tile > 0 gives bands of tile·2^i rows, so
+ * an upsampler's output band always starts at an even row there; automatic
+ * bands (tile 0) have whatever height the budget allows (SD1.5 at 1024 px:
+ * 41 rows), so an upsampler band starting at an odd row Y0 reads source rows
+ * from ⌊(Y0−1)/2⌋ and drops one more computed row. Small budgets give bands
+ * of 2, 3, 5, 7, 13 and 21 rows on a 13×9 latent (odd starts at every up
+ * level), with im2col and with Winograd everywhere: equal to untiled. */
+static void check_budget_bands(const char *conv)
+{
+    if (conv) setenv("LIBMERGE_VAE_CONV", conv, 1);   /* read at load */
+    lm_err e;
+    model m;
+    int rc = open_model(&m, FIXTURE("golden/sd15/vae_ldm.safetensors"), &e);
+    if (conv) unsetenv("LIBMERGE_VAE_CONV");
+    if (rc) { close_model(&m); CHECK_OK(rc, &e); }
+    enum { h = 13, w = 9, N = 3 * h * 8 * w * 8 };
+    static const size_t budgets[] = { 1, 20000, 50000, 150000 };
+    float *z = malloc(4 * h * w * sizeof *z), *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b);
+    for (int i = 0; i < 4 * h * w; i++) z[i] = 0.9f * sinf(0.37f * (float)i);
+    lm_vae_decode_opts o = LM_VAE_DECODE_OPTS_INIT;
+    o.scaled = 0;
+    o.tile = -1;
+    rc = lm_vae_decode(m.v, z, h, w, &o, a, &e);
+    double worst = 0;
+    for (size_t k = 0; k < sizeof budgets / sizeof *budgets && !rc; k++) {
+        if ((rc = lm_vae_decode_banded(m.v, z, h, w, 0, budgets[k], b, &e))) break;
+        double d = max_abs_diff(a, b, N);
+        printf("# %s budget %zu floats: max |diff| %.3g\n", conv ? conv : "default", budgets[k], d);
+        if (!(d <= worst)) worst = d;
+    }
+    free(z); free(a); free(b);
+    close_model(&m);
+    CHECK_OK(rc, &e);
+    CHECK_MSG(worst <= 1e-4, "bands of any height vs untiled: max |diff| %.3g", worst);
+}
+
+static void test_vae_budget_bands_any_height(void) { check_budget_bands(NULL); }
+static void test_vae_budget_bands_winograd(void) { check_budget_bands("winograd"); }
+
 /* A temporary directory that cannot be used, files that cannot grow:
  * LM_EIO naming the directory and the reason, no crash; automatic mode
  * needs the directory only above 64×64 latents (that is when it bands). */
@@ -292,6 +332,8 @@ int main(void)
     if (!UNDER_VALGRIND()) RUN(test_vae_banded_matches_untiled);   /* minutes under valgrind */
     if (!UNDER_VALGRIND()) RUN(test_vae_banded_winograd);
     if (!UNDER_VALGRIND()) RUN(test_vae_auto_banded);
+    if (!UNDER_VALGRIND()) RUN(test_vae_budget_bands_any_height);
+    if (!UNDER_VALGRIND()) RUN(test_vae_budget_bands_winograd);
     RUN(test_vae_banded_tmpdir_error);
     RUN(test_vae_image_to_u8);
     if (!UNDER_VALGRIND()) RUN(test_vae_winograd_goldens);   /* test_ops test_conv3x3_winograd covers the op there */

@@ -374,7 +374,7 @@ int lm_vae_decode(const lm_vae *v, const float *z, int h, int w, const lm_vae_de
         for (size_t i = 0; i < n; i++) zs[i] = z[i] / c->scaling_factor;
         z = zs;
     }
-    int rc = tile >= 0 ? lm_vae_decode_banded(v, z, h, w, tile, img, err) : decode_full(v, z, h, w, img, err);
+    int rc = tile >= 0 ? lm_vae_decode_banded(v, z, h, w, tile, 0, img, err) : decode_full(v, z, h, w, img, err);
     free(zs);
     return rc;
 }

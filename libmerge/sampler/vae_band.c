@@ -35,7 +35,8 @@
 
 /* automatic bands (tile 0): floats of band buffers per sweep, estimated
  * from the channel counts (128 MiB; ~52 rows of a 1024 px image at its
- * widest level, where Winograd's two dropped rows cost ~4%) */
+ * widest level, where Winograd's two dropped rows cost ~4%), unless the
+ * caller gives another budget */
 #define BAND_BUDGET ((size_t)32 << 20)
 
 enum { B_IN, B_OUT, B_X, B_TMP, B_N };
@@ -51,6 +52,7 @@ typedef struct {
     const lm_vae *v;
     const lm_vae_config *c;
     int h, tile;
+    size_t budget;                /* tile 0: floats of band buffers per sweep */
     const char *dir;              /* where the temporary files are (named in errors) */
     int fd[2];
     float *b[B_N];
@@ -165,7 +167,7 @@ static int band_rows(const band *B, int H, size_t per_row)
         int64_t r = (int64_t)B->tile * (H / B->h);
         return r > H ? H : (int)r;
     }
-    int64_t r = (int64_t)(BAND_BUDGET / (per_row ? per_row : 1)), n;
+    int64_t r = (int64_t)(B->budget / (per_row ? per_row : 1)), n;
     if (r < 2) r = 2;
     n = (H + r - 1) / r;          /* bands of equal height: no thin last band */
     return (int)((H + n - 1) / n);
@@ -323,11 +325,13 @@ static void file_sizes(const lm_vae_config *c, int h, int w, int64_t need[2])
     need[1] *= (int64_t)sizeof(float);
 }
 
-int lm_vae_decode_banded(const lm_vae *v, const float *z, int h, int w, int tile, float *img, lm_err *err)
+int lm_vae_decode_banded(const lm_vae *v, const float *z, int h, int w, int tile, size_t budget, float *img,
+                         lm_err *err)
 {
     const lm_vae_config *c = &v->cfg;
     const int L = c->levels, top = c->ch[L - 1];
-    band B = { v, c, h, tile, NULL, { -1, -1 }, { NULL }, { 0 }, NULL, NULL, LM_WORK_INIT, err };
+    band B = { v, c, h, tile, budget ? budget : BAND_BUDGET, NULL, { -1, -1 }, { NULL }, { 0 }, NULL, NULL,
+               LM_WORK_INIT, err };
     const char *dir = getenv("TMPDIR");
     B.dir = dir && *dir ? dir : "/tmp";
     int cmax = top;

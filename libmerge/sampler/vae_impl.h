@@ -54,8 +54,12 @@ int lm_vae_front(const lm_vae *v, const float *z, int h, int w, vae_fwd *f);
 /* Exact banded decode (vae_band.c): the front in memory, then every later
  * layer in sweeps over bands of rows through temporary files; tile > 0:
  * bands of tile latent rows (tile·2^i rows at level i), 0: bands sized to a
- * fixed memory budget. z [lc, h, w] (scaled as the caller wants) → img
- * [3, H, W]. Errors: LM_ENOMEM, LM_EIO (temporary file). */
-int lm_vae_decode_banded(const lm_vae *v, const float *z, int h, int w, int tile, float *img, lm_err *err);
+ * memory budget of `budget` floats of band buffers per sweep (0: the
+ * default, 128 MiB; tests pass small ones to get bands of any height, odd
+ * ones included, which tile > 0 never gives at up levels). z [lc, h, w]
+ * (scaled as the caller wants) → img [3, H, W]. Errors: LM_ENOMEM, LM_EIO
+ * (temporary file). */
+int lm_vae_decode_banded(const lm_vae *v, const float *z, int h, int w, int tile, size_t budget, float *img,
+                         lm_err *err);
 
 #endif
