@@ -69,8 +69,17 @@ typedef struct lm_convert_report {
  * copies and everything the trainer saved beside it); (3) layout: names go
  * through lm_layout_convert_name for the detected architecture; a VAE
  * attention 1×1 conv becomes a linear weight and back, an OpenCLIP
- * projection is transposed; tensors with no name in the target layout
- * (LDM scheduler buffers such as alphas_cumprod) are left out and counted;
+ * projection is transposed; an OpenCLIP encoder's packed
+ * attn.in_proj_weight [3d, d] / in_proj_bias [3d] becomes
+ * self_attn.q_proj/k_proj/v_proj [d, d] / [d] (row blocks 0, 1, 2) and
+ * back (concatenated in that order), each output tensor streamed from its
+ * input rows (diffusers' convert_open_clip_checkpoint and the reverse in
+ * scripts/convert_diffusers_to_original_sdxl.py); an incomplete q/k/v set or
+ * one whose shapes or dtypes disagree is LM_EINPUT naming the tensor;
+ * tensors with no name in the target layout (LDM scheduler buffers such as
+ * alphas_cumprod, OpenCLIP's logit_scale going to diffusers, transformers'
+ * position_ids of an OpenCLIP encoder going to LDM) are left out, counted
+ * in n_unmapped and passed to on_drop with the reason;
  * a single-component diffusers output uses bare names as diffusers' own
  * per-component files do; (4) dtype.
  *

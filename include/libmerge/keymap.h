@@ -91,8 +91,9 @@ enum {
  * LM_EUNSUPPORTED for real tensors no single name expresses: the packed
  * OpenCLIP attn.in_proj_weight/in_proj_bias (SD2.x text encoder, SDXL's
  * second encoder in the LDM layout) and self_attn.{q,k,v}_proj going the
- * other way, logit_scale, position_ids of an OpenCLIP encoder — so
- * model-convert refuses those encoders by name for now; LM_EUSAGE when
+ * other way, logit_scale, position_ids of an OpenCLIP encoder — the
+ * caller handles them (lm_model_convert splits/concatenates q, k, v and
+ * leaves the other two out); LM_EUSAGE when
  * out is too small or from/to is LM_LAYOUT_UNKNOWN.
  * Rules: diffusers' convert_ldm_unet_checkpoint / convert_ldm_vae_checkpoint /
  * convert_open_clip_checkpoint and scripts/convert_diffusers_to_original_*.py. */

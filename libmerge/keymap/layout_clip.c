@@ -15,7 +15,10 @@
  * attn.in_proj_weight/in_proj_bias pack q,k,v as row blocks [3d, d]; one
  * name cannot express that, so both directions answer LM_EUNSUPPORTED for it
  * (and for self_attn.{q,k,v}_proj, logit_scale and position_ids, which have
- * no single counterpart). */
+ * no single counterpart). Callers handle those tensors themselves:
+ * model-convert (libmerge/convert/convert.c) splits in_proj into q/k/v_proj
+ * and concatenates them back, and leaves logit_scale and position_ids out;
+ * the LoRA key map addresses q/k/v as row blocks of in_proj (keymap.c). */
 #include "keymap_impl.h"
 
 #include <string.h>
