@@ -483,6 +483,13 @@ static void openclip_incomplete_qkv_refused(void)
     CHECK_EQ_STR(e.key, TE2_DIF "encoder.layers.0.self_attn.k_proj.bias");
     CHECK(strstr(e.msg, "[6]") && strstr(e.msg, "[8]") && strstr(e.msg, "q_proj.bias"));
     CHECK(access(tmp_out("ksh.safetensors"), F_OK) != 0);
+    /* LDM -> diffusers: a packed weight that is not [3d, d] */
+    o.layout = LM_LAYOUT_DIFFUSERS;
+    lm_err_clear(&e);
+    CHECK_EQ_INT(lm_model_convert(FIXTURE("convert/sdxl_te_ldm_bad_in_proj.safetensors"), tmp_out("bip.safetensors"), &o, NULL, &e), LM_EINPUT);
+    CHECK_EQ_STR(e.key, TE2_LDM "transformer.resblocks.0.attn.in_proj_weight");
+    CHECK(strstr(e.msg, "[24, 9]") && strstr(e.msg, "[3d, d]"));
+    CHECK(access(tmp_out("bip.safetensors"), F_OK) != 0);
 }
 
 /* SD2.x: the encoder under cond_stage_model.model., no projection */
