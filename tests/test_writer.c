@@ -406,6 +406,55 @@ static void test_copy_from(void)
     CHECK_EQ_INT(dir_count(g_dir), 0);
 }
 
+/* lm_writer_copy_from_fd reads the file its descriptor opened: the name removed, then
+ * taken by another file, before the first copy and between coalesced copies; the
+ * caller's descriptor keeps its position; a bad descriptor fails as a missing path does. */
+static void test_copy_from_fd_survives_rename(void)
+{
+    char src[512], other[512], out[512];
+    pathf(src, sizeof src, "fdsrc.bin");
+    pathf(other, sizeof other, "fdother.bin");
+    pathf(out, sizeof out, "fdcopy.safetensors");
+    unsigned char bytes[64], junk[64];
+    for (int i = 0; i < 64; i++) { bytes[i] = (unsigned char)(i * 5 + 3); junk[i] = 0xee; }
+    FILE *f = fopen(src, "wb");
+    fwrite(bytes, 1, 64, f);
+    fclose(f);
+    f = fopen(other, "wb");
+    fwrite(junk, 1, 64, f);
+    fclose(f);
+    int fd = open(src, O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0);
+    CHECK_EQ_INT(lseek(fd, 3, SEEK_SET), 3);
+    CHECK_EQ_INT(unlink(src), 0);                  /* gone before the first copy */
+    lm_wtensor t[] = { { "a", LM_DT_U8, 1, { 8 } }, { "b", LM_DT_U8, 1, { 16 } } };
+    lm_writer_opts o = LM_WRITER_OPTS_INIT;
+    o.keep_order = 1;
+    lm_writer *w = NULL;
+    lm_err err;
+    CHECK_OK(lm_writer_open(&w, out, t, 2, NULL, 0, &o, &err), &err);
+    uint64_t ds = lm_writer_data_start(w);
+    CHECK_OK(lm_writer_copy_from_fd(w, fd, src, 10, 8, &err), &err);
+    CHECK_EQ_INT(rename(other, src), 0);           /* the name now leads to other bytes */
+    CHECK_OK(lm_writer_copy_from_fd(w, fd, src, 18, 8, &err), &err);   /* coalesced */
+    CHECK_OK(lm_writer_copy_from_fd(w, fd, src, 40, 8, &err), &err);
+    CHECK_OK(lm_writer_commit(w, &err), &err);
+    CHECK_EQ_INT(lseek(fd, 0, SEEK_CUR), 3);
+    close(fd);
+    size_t len;
+    unsigned char *b = t_slurp(out, &len);
+    CHECK_EQ_INT(len, ds + 24);
+    CHECK(b && memcmp(b + ds, bytes + 10, 16) == 0 && memcmp(b + ds + 16, bytes + 40, 8) == 0);
+    free(b);
+    unlink(out);
+    CHECK_OK(lm_writer_open(&w, out, t, 2, NULL, 0, &o, &err), &err);
+    CHECK_EQ_INT(lm_writer_copy_from_fd(w, 1000, src, 0, 8, &err), LM_EIO);   /* not open */
+    CHECK_EQ_STR(err.file, src);
+    lm_writer_abort(w);
+    unlink(src);
+    CHECK_EQ_INT(dir_count(g_dir), 0);
+}
+
 /* EFBIG (RLIMIT_FSIZE) at open (space reservation) and during writes: the
  * temporary file is removed and the target never appears. */
 static void test_efbig_leaves_no_file(void)
@@ -585,6 +634,7 @@ int main(void)
     RUN(test_refuses_to_overwrite_input);
     RUN(test_short_long_abort);
     RUN(test_copy_from);
+    RUN(test_copy_from_fd_survives_rename);
     RUN(test_efbig_leaves_no_file);
     RUN(test_signal_removes_temp);
     RUN(test_pwrite_direct_equals_sequential);
