@@ -56,16 +56,11 @@ typedef struct lm_vae_config {
 } lm_vae_config;
 
 typedef struct lm_vae lm_vae;
-typedef struct lm_weights lm_weights;   /* libmerge/sampler/weights.h: a weight set, LoRAs applied at load */
 
-/* Loads the decoder half (post_quant_conv and decoder.*) from weight set w
- * (opened for component "vae": either layout, LoRAs applied) as fp32. path
- * (may be NULL) names the file in errors. Errors: LM_EINPUT (no VAE
- * decoder; a missing or misshapen tensor, named), LM_ENOMEM, LM_EIO. */
-int lm_vae_load(lm_vae **out, lm_weights *w, const char *path, lm_err *err);
-/* The same from a source (a checkpoint in either layout, or a standalone VAE
- * file): opens a weight set for "vae" over src without LoRAs, loads, closes
- * it. Errors: those of lm_vae_load, named with lm_source_path(src). */
+/* Loads the decoder half (post_quant_conv and decoder.*) of src (a
+ * checkpoint in either layout, or a standalone VAE file) as fp32. Errors:
+ * LM_EINPUT (no VAE decoder; a missing or misshapen tensor, named with
+ * lm_source_path(src)), LM_ENOMEM, LM_EIO. */
 int lm_vae_load_source(lm_vae **out, const lm_source *src, lm_err *err);
 /* Frees the decoder and its fp32 weights; safe on NULL. */
 void lm_vae_free(lm_vae *v);
@@ -115,12 +110,16 @@ typedef struct lm_vae_decode_opts {
  * (1/64 of the pixels): three activations plus the attention's q, k, v and
  * output, 7·ch[levels-1]·h·w floats (SD1.5: 224 MiB at 1024 px, 896 MiB at
  * 2048 px); the bands themselves stay near 128 MiB (automatic).
- * Temporary disk: two unlinked files (O_TMPFILE, else mkstemp + unlink: no
- * name is left, even after a crash) in $TMPDIR, else /tmp, reserved up front (fallocate) for the largest
+ * Temporary disk: two unlinked files (O_TMPFILE; else mkstemp and an unlink
+ * right after, so only a crash in between could leave a name) in $TMPDIR,
+ * else /tmp, reserved up front (fallocate) for the largest
  * activation each holds (the files alternate: x and out of a resnet in one,
  * its intermediate h or an upsampler's output in the other): for SD1.5
  * 256 + 128 MiB at 512 px, 1 GiB + 512 MiB at 1024 px, ∝ image area. Their
- * pages sit in the kernel's page cache, not in the process's memory.
+ * pages sit in the kernel's page cache, not in the process's memory (on a
+ * tmpfs $TMPDIR they are memory all the same: point it at a disk). A band
+ * height (tile) at least the latent's height is one band: that decodes
+ * untiled, which needs less memory than one band with its temporary files.
  * opts may be NULL (LM_VAE_DECODE_OPTS_INIT). Errors: LM_EUSAGE (bad size),
  * LM_ENOMEM, LM_EIO (the temporary files: named by their directory, the
  * reason, "disk full" for ENOSPC). */

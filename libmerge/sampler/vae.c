@@ -365,6 +365,7 @@ int lm_vae_decode(const lm_vae *v, const float *z, int h, int w, const lm_vae_de
         return lm_err_set(err, LM_EUSAGE, NULL, NULL, LM_ERR_NO_OFFSET, "latent size %dx%d out of range", h, w);
     /* opts.overlap is ignored: bands are exact, nothing to blend */
     int tile = o.tile == 0 ? ((int64_t)h * w > 64 * 64 ? 0 : -1) : o.tile;
+    if (tile >= h) tile = -1;    /* one band: untiled needs less (no temporary files) */
     const size_t n = (size_t)c->latent_channels * h * w;
     float *zs = NULL;
     if (o.scaled) {

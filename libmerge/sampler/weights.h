@@ -64,5 +64,10 @@ typedef struct lm_clip lm_clip;
  * LoRAs applied) as fp32; src (may be NULL) is the file w reads, for its
  * "config" metadata. Errors: as lm_clip_load_source. */
 int lm_clip_load(lm_clip **out, lm_weights *w, const lm_source *src, lm_err *err);
+typedef struct lm_vae lm_vae;
+/* The VAE decoder from w (opened for component "vae": either layout, LoRAs
+ * applied) as fp32; path (may be NULL) names the file in errors. Errors: as
+ * lm_vae_load_source. */
+int lm_vae_load(lm_vae **out, lm_weights *w, const char *path, lm_err *err);
 
 #endif
