@@ -119,8 +119,13 @@ static int plain_factors(bake *b, size_t t, int64_t per, wbuf *wb, plainf *pf, i
  * F32: W is converted, updated (one sgemm per module, beta 1), scanned and rounded one
  * block of rows at a time, so its fp32 copy stays in cache instead of crossing memory
  * three times (converted, updated, rounded). The same products and the same single
- * rounding as the whole-tensor path (OpenBLAS may order a sum differently at a block
- * edge: at most one fp32 rounding apart). Returns 1 when t does not qualify. */
+ * rounding as the whole-tensor path, but not always the same bits: OpenBLAS picks its
+ * kernel by the call's size (0.3.21 on Skylake-X/Cooper Lake: a small-matrix kernel when
+ * M·N·K ≤ 10⁶, which rounds α·ΣAB + C differently), so a block may round some element
+ * of any of its rows one fp32 rounding apart from the whole-tensor call (SD1.5 + the
+ * LCM-LoRA: 12 of 1.07·10⁹ fp16 values one ulp apart). The block size depends only on
+ * the shape, so the output is the same for any thread count. Returns 1 when t does not
+ * qualify. */
 static int compute_blocked(bake *b, size_t t, wbuf *wb, void *out, result *r)
 {
     const lm_entry *e = lm_source_entry(b->src, t);
