@@ -221,8 +221,8 @@ static int resnet_a(band *B, const vae_resnet *r, const act *x, act *hs)
     int rows = band_rows(B, H, (size_t)(2 * r->cin + 3 * r->cout) * W);
     for (int Y0 = 0; Y0 < H; Y0 += rows) {
         int Y1 = Y0 + rows < H ? Y0 + rows : H, rc;
-        float *o;
-        int64_t ld;
+        float *o = NULL;
+        int64_t ld = 0;
         if ((rc = norm_conv_band(B, x, r->n1w, r->n1b, r->wino1, r->c1w, r->c1b, r->cout, Y0, Y1, &o, &ld)) ||
             (rc = rows_write(B, hs, Y0, Y1, o, ld)))
             return rc;
@@ -242,8 +242,8 @@ static int resnet_b(band *B, const vae_resnet *r, act *x, const act *hs)
     for (int Y0 = 0; Y0 < H; Y0 += rows) {
         int Y1 = Y0 + rows < H ? Y0 + rows : H, rc;
         size_t n = (size_t)(Y1 - Y0) * W;
-        float *o, *xs = buf(B, B_X, (size_t)r->cin * n), *sc = r->scw ? buf(B, B_TMP, (size_t)r->cout * n) : NULL;
-        int64_t ld;
+        float *o = NULL, *xs = buf(B, B_X, (size_t)r->cin * n), *sc = r->scw ? buf(B, B_TMP, (size_t)r->cout * n) : NULL;
+        int64_t ld = 0;
         if (!xs || (r->scw && !sc)) return oom(B);
         if ((rc = norm_conv_band(B, hs, r->n2w, r->n2b, r->wino2, r->c2w, r->c2b, r->cout, Y0, Y1, &o, &ld)) ||
             (rc = rows_read(B, &xin, Y0, Y1, xs)))
@@ -266,8 +266,8 @@ static int upsample(band *B, int i, const act *x, act *y)
         int Y1 = Y0 + rows < H ? Y0 + rows : H, rc;
         /* output rows [Y0, Y1) see upsampled rows [Y0−1, Y1], source rows ⌊(Y0−1)/2⌋ … ⌊Y1/2⌋ */
         int a0 = Y0 > 0 ? (Y0 - 1) / 2 : 0, a1 = Y1 / 2 + 1 < h ? Y1 / 2 + 1 : h, n2 = 2 * (a1 - a0);
-        float *in = buf(B, B_IN, (size_t)C * (a1 - a0) * w), *out = buf(B, B_OUT, (size_t)C * n2 * W), *o;
-        int64_t ld;
+        float *in = buf(B, B_IN, (size_t)C * (a1 - a0) * w), *out = buf(B, B_OUT, (size_t)C * n2 * W), *o = NULL;
+        int64_t ld = 0;
         if (!in || !out) return oom(B);
         if ((rc = rows_read(B, x, a0, a1, in))) return rc;
         if (v->ups_wino[i]) {   /* padding at the band's inner edges only touches the dropped rows */
@@ -294,8 +294,8 @@ static int finish(band *B, const act *x, float *img)
     int rows = band_rows(B, H, (size_t)(2 * x->C + 6) * W);
     for (int Y0 = 0; Y0 < H; Y0 += rows) {
         int Y1 = Y0 + rows < H ? Y0 + rows : H, rc;
-        float *o;
-        int64_t ld;
+        float *o = NULL;
+        int64_t ld = 0;
         if ((rc = norm_conv_band(B, x, v->no_w, v->no_b, 0, v->out_w, v->out_b, 3, Y0, Y1, &o, &ld))) return rc;
         for (int ch = 0; ch < 3; ch++)
             memcpy(img + ((size_t)ch * H + Y0) * W, o + ch * ld, (size_t)(Y1 - Y0) * W * sizeof *img);
