@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "libmerge/pipeline.h"
+#include "support/data_sha256.h"
 #include "libmerge/source.h"
 #include "libmerge/writer.h"
 #include "test.h"
@@ -380,6 +381,43 @@ static void test_pipeline_unet_lora_separate_text_encoder(void)
               "text-encoder LoRA over a bare CLIP file: '%s'", te_rc ? e2.msg : "");
 }
 
+/* lm_render_infotext: A1111's parameters with the model's AutoV2 hash and each LoRA's
+ * addnet hash (SHA-256 of the data area: computed here independently) and names. */
+static void test_pipeline_infotext_hashes(void)
+{
+    const char *model = FIXTURE("golden/sd15/unet_ldm.safetensors"), *lora = FIXTURE("bake/lora_a_kohya.safetensors");
+    char mhex[65], lhex[65], want[256];
+    CHECK(t_sha256_from(model, 0, mhex) == 0);
+    FILE *f = fopen(lora, "rb");
+    unsigned char le[8] = { 0 };
+    CHECK(f && fread(le, 1, 8, f) == 8);
+    if (f) fclose(f);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = n << 8 | le[i];
+    CHECK(t_sha256_from(lora, 8 + n, lhex) == 0);
+    lm_render_opts o = LM_RENDER_OPTS_INIT;
+    o.prompt = "a cat";
+    o.seed = 7;
+    o.width = o.height = 64;
+    const char *paths[1] = { lora };
+    float lam[1] = { 0.75f };
+    char *txt = NULL;
+    lm_err err;
+    lm_err_clear(&err);
+    CHECK_OK(lm_render_infotext(model, paths, lam, 1, &o, 1, &txt, &err), &err);
+    if (!txt) return;
+    snprintf(want, sizeof want, "Model hash: %.10s, Model: unet_ldm", mhex);
+    CHECK_MSG(strstr(txt, want) != NULL, "no '%s' in: %s", want, txt);
+    snprintf(want, sizeof want, "Lora hashes: \"lora_a_kohya: %.12s\"", lhex);
+    CHECK_MSG(strstr(txt, want) != NULL, "no '%s' in: %s", want, txt);
+    CHECK_MSG(strncmp(txt, "a cat <lora:lora_a_kohya:0.75>\n", 31) == 0, "prompt line: %s", txt);
+    free(txt);
+    CHECK_OK(lm_render_infotext(model, paths, lam, 1, &o, 0, &txt, &err), &err);   /* --no-hash */
+    CHECK(txt && !strstr(txt, "Model hash") && !strstr(txt, "Lora hashes"));
+    free(txt);
+    CHECK_EQ_INT(lm_render_infotext("/nonexistent/m.safetensors", NULL, NULL, 0, &o, 1, &txt, &err), LM_EIO);
+}
+
 static void test_pipeline_errors(void)
 {
     lm_render_opts o = LM_RENDER_OPTS_INIT;
@@ -411,6 +449,7 @@ int main(void)
     if (!UNDER_VALGRIND()) RUN(test_pipeline_lora_equals_baked);   /* minutes under valgrind */
     RUN(test_pipeline_unet_lora_separate_text_encoder);
     RUN(test_pipeline_errors);
+    RUN(test_pipeline_infotext_hashes);
     lm_source_close(g_gold);
     lm_source_close(g_unet);
     lm_source_close(g_vae);

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "libmerge/cli.h"
-#include "libmerge/hash.h"
 #include "libmerge/merge.h"
 #include "libmerge/pipeline.h"
 #include "libmerge/png.h"
@@ -33,16 +32,6 @@ static void progress(void *ctx, const char *stage, int k, int K, double sec)
     (void)ctx;
     if (!strcmp(stage, "step")) fprintf(stderr, "\rstep %d/%d  %.2f s/step", k, K, sec);
     else fprintf(stderr, "%s%s: %.2f s\n", !strcmp(stage, "vae") ? "\n" : "", stage, sec);
-}
-
-/* "dir/name.safetensors" -> "name" */
-static void stem(const char *path, char *out, size_t n)
-{
-    const char *b = strrchr(path, '/');
-    b = b ? b + 1 : path;
-    snprintf(out, n, "%s", b);
-    char *dot = strrchr(out, '.');
-    if (dot && dot != out) *dot = 0;
 }
 
 int lv_render(int argc, char **argv)
@@ -143,30 +132,10 @@ int lv_render(int argc, char **argv)
     lm_render_models m = { ms, vs, ts };
     if (!rc) rc = lm_render_sources(&m, (const lm_lora *const *)loras, lambdas, (size_t)nl, &o, &r, &err);
     /* A1111 "parameters" */
-    lm_file_hashes mh;
-    memset(&mh, 0, sizeof mh);
-    char lname[MAX_LORAS][256], lhash[MAX_LORAS][16], mname[256];
-    const char *lnp[MAX_LORAS], *lhp[MAX_LORAS];
-    if (!rc && hash) rc = lm_hash_file(model, LM_HASH_SHA256, &mh, &err);
-    for (int i = 0; i < nl && !rc; i++) {
-        lm_file_hashes lh;
-        memset(&lh, 0, sizeof lh);
-        stem(lpath[i], lname[i], sizeof lname[i]);
-        lnp[i] = lname[i];
-        lhash[i][0] = 0;
-        if (hash) rc = lm_hash_file(lpath[i], LM_HASH_ADDNET, &lh, &err);
-        if (!rc && (lh.have & LM_HASH_ADDNET)) snprintf(lhash[i], sizeof lhash[i], "%s", lh.addnet_short);
-        lhp[i] = lhash[i];
-    }
-    stem(model, mname, sizeof mname);
     char *params = NULL;
-    if (!rc) {
-        lm_gen_params gp = { o.prompt, o.negative_prompt, o.steps, "LCM", o.guidance, o.seed, o.width, o.height,
-                             hash ? mh.autov2 : NULL, mname, o.clip_skip, (size_t)nl, lnp, lambdas, lhp,
-                             "libmerge " LM_TOOL_VERSION };
-        params = lm_png_a1111_parameters(&gp);
-        if (!params) rc = lm_err_set(&err, LM_ENOMEM, NULL, NULL, LM_ERR_NO_OFFSET, "out of memory");
-    }
+    const char *lpp[MAX_LORAS];
+    for (int i = 0; i < nl; i++) lpp[i] = lpath[i];
+    if (!rc) rc = lm_render_infotext(model, lpp, lambdas, (size_t)nl, &o, hash, &params, &err);
     lm_png_text txt[1] = { { "parameters", params } };
     if (!rc) rc = lm_png_write(outp, r.rgb, r.width, r.height, txt, 1, &err);
     if (!rc && lat_out) {

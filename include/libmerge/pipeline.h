@@ -103,6 +103,16 @@ int lm_render(const char *model_path, const char *const *lora_paths, const float
 /* Frees the buffers of r and empties it; safe on NULL and on an emptied result. */
 void lm_render_result_free(lm_render_result *r);
 
+/* A1111's "parameters" text (lm_png_a1111_parameters, png.h) for a render
+ * of model_path with LoRAs lora_paths[i] at lambdas[i] and options o: names
+ * are the files' base names without extension; with hash, the model's AutoV2
+ * hash (SHA-256 of the whole file, first 10 hex digits) and each LoRA's
+ * addnet hash (SHA-256 of its data area, first 12: A1111's "Lora hashes"),
+ * as A1111 writes them; version "libmerge VERSION". Returns 0 and a malloc'd
+ * string in *out. Errors: LM_EIO (a file cannot be hashed, named), LM_ENOMEM. */
+int lm_render_infotext(const char *model_path, const char *const *lora_paths, const float *lambdas,
+                       size_t n_loras, const lm_render_opts *o, int hash, char **out, lm_err *err);
+
 /* The denoising loop of the pipeline above on its own, for a batch (the
  * render pipeline and `lcm-verify sample` both run it). */
 typedef struct lm_lcm_sample_args {

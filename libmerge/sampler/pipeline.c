@@ -6,7 +6,10 @@
 #include <time.h>
 
 #include "libmerge/clip.h"
+#include "libmerge/hash.h"
+#include "libmerge/merge.h"
 #include "libmerge/pipeline.h"
+#include "libmerge/png.h"
 #include "libmerge/rng.h"
 #include "libmerge/scheduler.h"
 #include "libmerge/unet.h"
@@ -179,5 +182,52 @@ int lm_render(const char *model_path, const char *const *lora_paths, const float
     for (size_t i = 0; i < n_loras; i++) lm_lora_close(loras[i]);
     free(loras);
     lm_source_close(src);
+    return rc;
+}
+
+/* "dir/name.safetensors" -> "name" */
+static void stem(const char *path, char *out, size_t n)
+{
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    snprintf(out, n, "%s", b);
+    char *dot = strrchr(out, '.');
+    if (dot && dot != out) *dot = 0;
+}
+
+int lm_render_infotext(const char *model_path, const char *const *lora_paths, const float *lambdas,
+                       size_t n_loras, const lm_render_opts *o, int hash, char **out, lm_err *err)
+{
+    *out = NULL;
+    lm_render_opts d = LM_RENDER_OPTS_INIT;
+    if (!o) o = &d;
+    char (*lname)[256] = calloc(n_loras ? n_loras : 1, sizeof *lname);
+    char (*lhash)[16] = calloc(n_loras ? n_loras : 1, sizeof *lhash);
+    const char **lnp = calloc(n_loras ? n_loras : 1, sizeof *lnp), **lhp = calloc(n_loras ? n_loras : 1, sizeof *lhp);
+    int rc = lname && lhash && lnp && lhp ? 0 : oom(err);
+    lm_file_hashes mh;
+    memset(&mh, 0, sizeof mh);
+    if (!rc && hash) rc = lm_hash_file(model_path, LM_HASH_SHA256, &mh, err);
+    for (size_t i = 0; i < n_loras && !rc; i++) {
+        lm_file_hashes lh;
+        memset(&lh, 0, sizeof lh);
+        stem(lora_paths[i], lname[i], sizeof lname[i]);
+        lnp[i] = lname[i];
+        if (hash) rc = lm_hash_file(lora_paths[i], LM_HASH_ADDNET, &lh, err);
+        if (!rc && (lh.have & LM_HASH_ADDNET)) snprintf(lhash[i], sizeof lhash[i], "%s", lh.addnet_short);
+        lhp[i] = lhash[i];
+    }
+    char mname[256];
+    stem(model_path, mname, sizeof mname);
+    if (!rc) {
+        lm_gen_params gp = { o->prompt, o->negative_prompt, o->steps, "LCM", o->guidance, o->seed, o->width, o->height,
+                             hash ? mh.autov2 : NULL, mname, o->clip_skip, n_loras, lnp, lambdas, lhp,
+                             "libmerge " LM_TOOL_VERSION };
+        if (!(*out = lm_png_a1111_parameters(&gp))) rc = oom(err);
+    }
+    free(lname);
+    free(lhash);
+    free(lnp);
+    free(lhp);
     return rc;
 }
