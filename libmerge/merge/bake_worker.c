@@ -284,9 +284,9 @@ void *lmb_worker(void *arg)
             r.rc = lm_err_set(&r.err, LM_ENOMEM, lm_source_path(b->src), NULL, LM_ERR_NO_OFFSET, "out of memory");
         else
             r.rc = compute(b, b->jobs[j], &wb, w ? out + lm_writer_direct_shift(w, b->out_off[b->jobs[j]]) : out, &r);
-        /* written here, on every worker at once (the writer then only steps over it): the
-         * whole blocks with O_DIRECT from the buffer, the rest copied into the page cache */
-        /* the output hash may read the buffer now: it does not wait for the disk */
+        /* published as ready first (the output hash may read the buffer: it does not wait
+         * for the disk), then written here, on every worker at once (the writer loop only
+         * steps over it): the whole blocks with O_DIRECT, the rest into the page cache */
         pthread_mutex_lock(&b->mu);
         if (!w) w = b->w;
         b->res[j] = r;
