@@ -14,9 +14,9 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: " PROG " BASE -l LORA[:λ] [-l LORA[:λ] …] [--lcm LORA[:λ]] -o OUT\n"
+            "usage: " PROG " BASE -l|--lora LORA[:λ] [-l LORA[:λ] …] [--lcm LORA[:λ]] -o OUT\n"
             "               [--dtype keep|fp16|bf16|fp32] [--threads N] [--json]\n"
-            "               [--allow-unmatched] [--fail-on-overflow] [--no-hash] [--title TEXT]\n"
+            "               [--allow-unmatched] [--fail-on-overflow] [--hash|--no-hash] [--title TEXT]\n"
             "Bakes each LoRA with weight λ (default 1; negative removes) into BASE and writes\n"
             "OUT as safetensors. See lcm-bake(1).\n");
 }
@@ -138,7 +138,7 @@ int main(int argc, char **argv)
         switch (c) {
         case 'l': case 'L':
             if (lm_parse_weighted(optarg, paths[n], sizeof paths[n], &in[n].lambda))
-                { status = lm_cli_usage_error(PROG, "bad LoRA argument '%s' (PATH[:λ])", optarg); goto finish; }
+                { status = lm_cli_usage_error(PROG, "bad LoRA argument '%s' (PATH[:λ], λ a finite number with |λ| <= 1000)", optarg); goto finish; }
             in[n].path = paths[n];
             in[n].role = c == 'L' ? "lcm" : "lora";
             n++;

@@ -153,7 +153,7 @@ int main(int argc, char **argv)
         int bad = !in || !paths ? LM_EXIT_INTERNAL : 0;
         for (size_t i = 0; !bad && i < n; i++) {
             if (lm_parse_weighted(argv[optind + (int)i], paths[i], sizeof paths[i], &in[i].lambda))
-                bad = lm_cli_usage_error(PROG, "bad LoRA argument '%s' (PATH[:λ])", argv[optind + (int)i]);
+                bad = lm_cli_usage_error(PROG, "bad LoRA argument '%s' (PATH[:λ], λ a finite number with |λ| <= 1000)", argv[optind + (int)i]);
             in[i].path = paths[i];
         }
         if (bad) { free(in); free(paths); return bad; }

@@ -14,7 +14,7 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: " PROG " IN -o OUT.safetensors [--dtype keep|fp16|bf16|fp32] [--prune]\n"
+            "usage: " PROG " IN -o|--output OUT.safetensors [--dtype keep|fp16|bf16|fp32] [--prune]\n"
             "                     [--use-ema] [--layout ldm|diffusers] [--skip-unknown] [--json]\n"
             "Converts IN (safetensors, or a PyTorch .ckpt/.pt/.bin read without running its pickle)\n"
             "to safetensors. See model-convert(1).\n");

@@ -17,7 +17,7 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: " PROG " [--hash] [--keys] [--json] FILE...\n"
+            "usage: " PROG " [--hash] [--keys] [--json] [-h|--help] FILE...\n"
             "Prints each model file's format, tensor and parameter counts, dtypes, sizes,\n"
             "metadata and kind (LoRA and its convention, checkpoint and its architecture,\n"
             "or unknown).\n"

@@ -587,6 +587,10 @@ static void test_bake_recipe_and_metadata(void)
     CHECK_EQ_STR(r.inputs[0].role, "base");
     CHECK_EQ_STR(r.inputs[0].sha256, BASE_SHA);
     CHECK_EQ_INT(r.inputs[0].bytes, 12981240);
+    struct stat sa, sb;   /* each LoRA's size is recorded too (it was 0) */
+    CHECK(stat(LA, &sa) == 0 && stat(LB, &sb) == 0);
+    CHECK_EQ_INT(r.inputs[1].bytes, sa.st_size);
+    CHECK_EQ_INT(r.inputs[2].bytes, sb.st_size);
     CHECK(r.inputs[1].lambda == 0.8 && r.inputs[2].lambda == -0.5);   /* exact round trip */
     CHECK_EQ_STR(r.inputs[2].role, "lcm");
     CHECK_EQ_STR(r.inputs[1].name, "lora_a_kohya.safetensors");

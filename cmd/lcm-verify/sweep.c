@@ -20,7 +20,7 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: lcm-verify sweep MODEL [-l LORA[:λ] …] [--steps 1,2,4,8] [--lambda 0,0.5,1] -o GRID.png\n"
+            "usage: lcm-verify sweep MODEL [-l LORA[:λ] …] [--lcm LORA[:λ]] [--steps 1,2,4,8] [--lambda 0,0.5,1] -o GRID.png\n"
             "                        [--prompt P] [--negative-prompt N] [--seed S] [--guidance G] [--size WxH]\n"
             "                        [--vae FILE] [--text-encoder FILE] [--vocab FILE] [--json]\n"
             "Renders one image per (steps, λ) pair, every LoRA at its own λ times the column's\n"

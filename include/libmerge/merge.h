@@ -77,6 +77,7 @@ typedef struct lm_bake_overflow {
 typedef struct lm_bake_lora_report {
     char *path;
     char sha256[65];
+    uint64_t bytes;           /* file size (the recipe records it with the SHA-256) */
     double lambda;
     const char *role;         /* points at the caller's string or "lora" */
     const char *convention;   /* lm_lora_convention_name */

@@ -173,7 +173,7 @@ static int fill_recipe(lm_recipe *r, const char *base, const hash_job *hb, const
     memcpy(r->inputs[0].sha256, hb->hex, 65);
     paths_store[0] = (char *)base;
     for (size_t i = 0; i < n; i++) {
-        r->inputs[i + 1] = (lm_recipe_input){ (char *)lmm_basename(loras[i].path), "", 0, loras[i].lambda,
+        r->inputs[i + 1] = (lm_recipe_input){ (char *)lmm_basename(loras[i].path), "", rep->loras[i].bytes, loras[i].lambda,
                                               (char *)(loras[i].role ? loras[i].role : "lora") };
         memcpy(r->inputs[i + 1].sha256, rep->loras[i].sha256, 65);
         paths_store[i + 1] = (char *)loras[i].path;
@@ -258,7 +258,7 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         if (!isfinite(loras[i].lambda)) { rc = lm_err_set(err, LM_EUSAGE, loras[i].path, NULL, LM_ERR_NO_OFFSET, "λ is not finite"); goto done; }
         if ((rc = lm_lora_open(&b.loras[i], loras[i].path, NULL, err))) { lm_err_file(err, loras[i].path); goto done; }
         if ((rc = lmm_lora_check_finite(b.loras[i], loras[i].path, err))) goto done;
-        if ((rc = lmm_sha256_file(loras[i].path, rep->loras[i].sha256, NULL, err))) goto done;
+        if ((rc = lmm_sha256_file(loras[i].path, rep->loras[i].sha256, &rep->loras[i].bytes, err))) goto done;
         lmm_legacy_hash(loras[i].path, lh[i + 1]);
         legacy[i + 1] = lh[i + 1];
     }
