@@ -18,6 +18,7 @@
 #include "meta.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -233,8 +234,15 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
     /* the SHA-256 cache key is taken before the base is opened, so a hit or a store
      * describes the file the source maps (libmerge/hash.h) */
     hb.cached = lm_hash_cache_get(base, &hb.key, hb.hex);
+    struct stat pre, fst;
+    int have_pre = stat(base, &pre) == 0;
     if ((rc = lm_source_open(&src, base, NULL, err))) goto done;
     hb.fd = open(base, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* before the output exists */
+    if (hb.fd >= 0 && have_pre && fstat(hb.fd, &fst) == 0 && (fst.st_dev != pre.st_dev || fst.st_ino != pre.st_ino)) {
+        /* the name now points at another file than the one mapped just before */
+        rc = lm_err_set(err, LM_EIO, base, NULL, LM_ERR_NO_OFFSET, "replaced while being opened; run again");
+        goto done;
+    }
     b.base_fd = hb.fd;
     lmm_legacy_hash_source(src, base, lh[0]);
     legacy[0] = lh[0];
