@@ -736,7 +736,7 @@ int lm_writer_pwrite(lm_writer *w, uint64_t off, const void *data, size_t nbytes
             if (done % A) break;          /* a short write off the block grid: rest buffered */
         }
         if (!e && done) {
-            if (!e) e = pwrite_all(w->pfd, p, (size_t)(a - at), at);
+            e = pwrite_all(w->pfd, p, (size_t)(a - at), at);
             uint64_t r = a + done;        /* buffered from here to the end */
             if (!e) e = pwrite_all(w->pfd, p + (r - at), (size_t)(at + nbytes - r), r);
             if (!e) return 0;
@@ -813,8 +813,7 @@ int lm_writer_copy_from(lm_writer *w, const char *src_path, uint64_t offset, uin
 
 int lm_writer_copy_from_fd(lm_writer *w, int src_fd, const char *src_path, uint64_t offset, uint64_t nbytes, lm_err *err)
 {
-    if (src_fd < 0) return copy_from(w, -1, src_path, offset, nbytes, err);
-    return copy_from(w, src_fd, src_path, offset, nbytes, err);
+    return copy_from(w, src_fd < 0 ? -1 : src_fd, src_path, offset, nbytes, err);
 }
 
 static int fsync_dir(const char *path)
