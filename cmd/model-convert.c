@@ -15,7 +15,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: " PROG " IN -o|--output OUT.safetensors [--dtype keep|fp16|bf16|fp32] [--prune]\n"
-            "                     [--use-ema] [--layout ldm|diffusers] [--skip-unknown] [--json]\n"
+            "                     [--use-ema] [--layout ldm|diffusers [--standalone-vae]] [--skip-unknown] [--json]\n"
             "Converts IN (safetensors, or a PyTorch .ckpt/.pt/.bin read without running its pickle)\n"
             "to safetensors. See model-convert(1).\n");
 }
@@ -104,6 +104,7 @@ int main(int argc, char **argv)
         { "output", required_argument, NULL, 'o' }, { "dtype", required_argument, NULL, 'd' },
         { "prune", no_argument, NULL, 'p' }, { "use-ema", no_argument, NULL, 'e' },
         { "layout", required_argument, NULL, 'L' }, { "skip-unknown", no_argument, NULL, 's' },
+        { "standalone-vae", no_argument, NULL, 'V' },
         { "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 }
     };
     lm_convert_opts o = LM_CONVERT_OPTS_INIT;
@@ -125,6 +126,7 @@ int main(int argc, char **argv)
             else return lm_cli_usage_error(PROG, "--layout %s: expected ldm or diffusers", optarg);
             break;
         case 's': o.skip_unknown = 1; break;
+        case 'V': o.standalone_vae = 1; break;
         case 'j': u.json = 1; break;
         case 'h': usage(stdout); return LM_EXIT_OK;
         default: usage(stderr); return LM_EXIT_USAGE;
@@ -162,7 +164,8 @@ int main(int argc, char **argv)
     if (r.n_pruned) printf(", %zu pruned", r.n_pruned);
     if (r.n_ema) printf(", %zu from EMA", r.n_ema);
     if (r.to_layout[0]) printf(", layout %s -> %s", r.from_layout, r.to_layout);
-    if (r.n_unmapped) printf(", %zu without a %s name left out", r.n_unmapped, r.to_layout);
+    if (r.n_unmapped && o.standalone_vae) printf(", %zu not part of the VAE left out", r.n_unmapped);
+    else if (r.n_unmapped) printf(", %zu without a %s name left out", r.n_unmapped, r.to_layout);
     if (r.n_overflow_tensors) printf(", %zu tensors overflowed", r.n_overflow_tensors);
     printf("), source sha256 %s\n", r.source_sha256);
     return lm_cli_stdout_status(PROG, LM_EXIT_OK);

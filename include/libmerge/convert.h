@@ -38,16 +38,21 @@ typedef struct lm_convert_opts {
     /* Progress in output bytes; may be NULL. */
     void (*on_progress)(void *ctx, uint64_t done, uint64_t total);
     void *ctx;
+    int standalone_vae;      /* with layout LDM: the output holds only a VAE, named as a
+                                standalone VAE file ("encoder.…", "decoder.…", as
+                                vae-ft-mse-840000 and sdxl_vae are, and A1111 and ComfyUI
+                                load VAE files), not "first_stage_model.…" */
 } lm_convert_opts;
 #define LM_CONVERT_OPTS_VERSION 1
-#define LM_CONVERT_OPTS_INIT { LM_CONVERT_OPTS_VERSION, LM_DT_INVALID, 0, 0, LM_LAYOUT_UNKNOWN, 0, NULL, NULL, NULL, NULL }
+#define LM_CONVERT_OPTS_INIT { LM_CONVERT_OPTS_VERSION, LM_DT_INVALID, 0, 0, LM_LAYOUT_UNKNOWN, 0, NULL, NULL, NULL, NULL, 0 }
 
 typedef struct lm_convert_report {
     size_t n_in;             /* tensors in the input */
     size_t n_out;            /* tensors written */
     size_t n_pruned;         /* left out by prune */
     size_t n_ema;            /* live weights replaced by EMA copies */
-    size_t n_unmapped;       /* left out: no name in the target layout */
+    size_t n_unmapped;       /* left out: no name in the target layout, or not the VAE
+                                (standalone_vae) */
     size_t n_converted;      /* floating tensors whose dtype changed */
     size_t n_overflow_tensors;
     int64_t n_overflow_values;

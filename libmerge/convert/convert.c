@@ -137,6 +137,35 @@ static void strip_single_component(conv *c)
     }
 }
 
+/* o->standalone_vae: the VAE's tensors only (the others left out and reported), named
+ * without "first_stage_model.", as a standalone LDM VAE file. */
+static int standalone_vae(conv *c, lm_err *err)
+{
+    static const char pre[] = "first_stage_model.";
+    static const char *const bare[] = { "encoder.", "decoder.", "quant_conv.", "post_quant_conv." };
+    const char *path = lm_source_path(c->s);
+    if (c->o->layout != LM_LAYOUT_LDM)
+        return lm_err_set(err, LM_EUSAGE, path, NULL, LM_ERR_NO_OFFSET, "a standalone VAE is an LDM-layout file: give --layout ldm");
+    size_t w = 0;
+    for (size_t k = 0; k < c->n; k++) {
+        char *n = c->items[k].name;
+        int prefixed = !strncmp(n, pre, sizeof pre - 1), ok = 0;
+        const char *inner = prefixed ? n + sizeof pre - 1 : n;
+        for (size_t b = 0; b < sizeof bare / sizeof bare[0]; b++) ok |= !strncmp(inner, bare[b], strlen(bare[b]));
+        if (!ok) {
+            c->r->n_unmapped++;
+            lmc_drop(c->o, n, "not part of the VAE (--standalone-vae)");
+            free(n);
+            continue;
+        }
+        memmove(n, inner, strlen(inner) + 1);
+        c->items[w++] = c->items[k];
+    }
+    c->n = w;
+    if (!w) return lm_err_set(err, LM_EINPUT, path, NULL, LM_ERR_NO_OFFSET, "no VAE tensors to write (--standalone-vae)");
+    return 0;
+}
+
 static int plan(conv *c, lm_err *err)
 {
     const lm_convert_opts *o = c->o;
@@ -354,6 +383,7 @@ int lm_model_convert(const char *in_path, const char *out_path, const lm_convert
     memset(zeros, '0', 64);
     zeros[64] = '\0';
     rc = chunk ? plan(&c, err) : lm_err_set(err, LM_ENOMEM, in_path, NULL, LM_ERR_NO_OFFSET, "out of memory");
+    if (!rc && o->standalone_vae) rc = standalone_vae(&c, err);
     if (!rc && !(wt = calloc(c.n ? c.n : 1, sizeof *wt))) rc = lm_err_set(err, LM_ENOMEM, in_path, NULL, LM_ERR_NO_OFFSET, "out of memory");
     for (size_t k = 0; !rc && k < c.n; k++) {
         wt[k].name = c.items[k].name;
