@@ -298,7 +298,6 @@ int lm_bake(const char *base, const lm_weighted *loras, size_t n, const char *ou
         else rep->copied++;
         if (b.mode[t] == MODE_UPDATE) {
             b.jobs[b.njobs++] = t;
-            if ((size_t)e->numel > b.max_numel) b.max_numel = (size_t)e->numel;
             if ((size_t)e->numel * lm_dtype_size(b.odt[t]) > max_out) max_out = (size_t)e->numel * lm_dtype_size(b.odt[t]);
         }
         wt[t].name = e->name;

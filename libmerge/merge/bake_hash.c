@@ -92,8 +92,8 @@ void *lmb_base_hash_thread(void *arg)
 
 /* SHA-256 of the output's data area, in file order, next to the writing: copies are hashed
  * from the base mapping (they never pass through user space otherwise), conversions are
- * redone in a chunk buffer (cheap, deterministic), updates are read from their pool buffer,
- * which is not reused until hashed. */
+ * redone in a chunk buffer (cheap, deterministic), updates are read from their region of
+ * the output ring once computed (not reused until hashed and written). */
 void *lmb_out_hash_thread(void *arg)
 {
     bake *b = arg;

@@ -47,7 +47,6 @@ typedef struct bake {
     size_t next_job, consumed;
     size_t freed;      /* jobs below it are written (by their worker, or consumed by the
                           writer loop): with hashed, what the ring may reuse */
-    size_t max_numel;  /* largest updated tensor */
     uint8_t *ring;     /* output buffer ring (aligned): job j's region starts at
                           ring + voff[j] % ring_size; released once written and hashed */
     size_t ring_size;  /* bytes, a multiple of LM_WRITER_DIRECT_ALIGN */
