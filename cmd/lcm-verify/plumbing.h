@@ -33,6 +33,9 @@ int lv_check_output(const char *out, const char *const *paths, size_t n, char *c
 
 /* --heads / --head-dim: an integer 1..4096 into *out, or a usage error (exit status 2). */
 int lv_parse_heads(const char *prog, const char *opt, const char *s, int *out);
+/* --tile / --vae-tile: a band height of 1..4096 latent rows or -1 (never banded) into
+ * *out, or a usage error (exit status 2) naming the option and the valid values. */
+int lv_parse_band(const char *prog, const char *opt, const char *s, int *out);
 
 /* Opens every "-l LORA[:λ]" spec: loras[i], lambdas[i]. */
 int lv_open_loras(char **specs, int n, lm_lora **loras, float *lambdas, lm_err *err);

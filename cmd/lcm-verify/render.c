@@ -87,15 +87,7 @@ int lv_render(int argc, char **argv)
         case 'V': vae_path = optarg; break;
         case 'T': te_path = optarg; break;
         case 'B': o.vocab = optarg; break;
-        case 'E': {
-            /* parsed as a long before narrowing: 4294967297 must not become 1 */
-            long t = strtol(optarg, &end, 10);
-            if (!*optarg || *end || (t != -1 && (t < 1 || t > 4096)))
-                return lm_cli_usage_error(prog, "bad --vae-tile '%s': a band height of 1 to 4096 latent rows, or -1 (never banded)",
-                                          optarg);
-            o.vae_tile = (int)t;
-            break;
-        }
+        case 'E': if (lv_parse_band(prog, "--vae-tile", optarg, &o.vae_tile)) return LM_EXIT_USAGE; break;
         case 'L': lat_out = optarg; break;
         case 'H': hash = 0; break;
         case 'o': outp = optarg; break;

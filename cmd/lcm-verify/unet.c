@@ -97,6 +97,15 @@ int lv_parse_heads(const char *prog, const char *opt, const char *s, int *out)
     return 0;
 }
 
+int lv_parse_band(const char *prog, const char *opt, const char *s, int *out)
+{
+    long v;
+    if (lm_cli_parse_int(s, -1, 4096, &v) || v == 0)
+        return lm_cli_usage_error(prog, "bad %s '%s': a band height of 1 to 4096 latent rows, or -1 (never banded)", opt, s);
+    *out = (int)v;
+    return 0;
+}
+
 int lv_open_loras(char **specs, int n, lm_lora **loras, float *lambdas, lm_err *err)
 {
     for (int i = 0; i < n; i++) {

@@ -42,22 +42,13 @@ int lv_vae_decode(int argc, char **argv)
     };
     const char *prog = "lcm-verify vae-decode", *in = NULL, *outp = NULL, *lname = "latent";
     lm_vae_decode_opts vo = LM_VAE_DECODE_OPTS_INIT;
-    char *end;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "i:o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'i': in = optarg; break;
         case 'o': outp = optarg; break;
-        case 't': {
-            /* parsed as a long before narrowing: 4294967297 must not become 1 */
-            long t = strtol(optarg, &end, 10);
-            if (!*optarg || *end || (t != -1 && (t < 1 || t > 4096)))
-                return lm_cli_usage_error(prog, "bad --tile '%s': a band height of 1 to 4096 latent rows, or -1 (never banded)",
-                                          optarg);
-            vo.tile = (int)t;
-            break;
-        }
+        case 't': if (lv_parse_band(prog, "--tile", optarg, &vo.tile)) return LM_EXIT_USAGE; break;
         case 'S': vo.scaled = 0; break;
         case 'N': lname = optarg; break;
         case 'h': usage(stdout); return 0;
