@@ -21,6 +21,20 @@ static void usage(FILE *f)
             "OUT as safetensors. See lcm-bake(1).\n");
 }
 
+/* One summary line: the total, then the first 5 tensors with a count (field: 0 overflow,
+ * 1 nonfinite of lm_bake_overflow). */
+static void print_counts(const char *head, const lm_bake_report *r, int64_t total, int field)
+{
+    size_t nt = 0, shown = 0;
+    for (size_t i = 0; i < r->n_overflows; i++) nt += (field ? r->overflows[i].nonfinite : r->overflows[i].count) != 0;
+    printf(head, (long long)total, nt);
+    for (size_t i = 0; i < r->n_overflows && shown < 5; i++) {
+        long long c = field ? r->overflows[i].nonfinite : r->overflows[i].count;
+        if (c) { printf(" %s (%lld)", r->overflows[i].name, c); shown++; }
+    }
+    printf("%s\n", nt > 5 ? " …" : "");
+}
+
 static void print_json(const char *out, const lm_bake_report *r, int ok, const lm_err *err)
 {
     cJSON *o = cJSON_CreateObject();
@@ -94,22 +108,9 @@ static void print_human(const char *base, const char *out, const lm_bake_report 
                r->touched, r->copied, r->converted, (double)r->bytes_written / 1e6);
     else
         printf("output    %s: not written\n", out);
-    if (r->overflow_total) {
-        size_t nt = 0, shown = 0;
-        for (size_t i = 0; i < r->n_overflows; i++) nt += r->overflows[i].count != 0;
-        printf("overflow  %lld values in %zu tensors became ±Inf:", (long long)r->overflow_total, nt);
-        for (size_t i = 0; i < r->n_overflows && shown < 5; i++)
-            if (r->overflows[i].count) { printf(" %s (%lld)", r->overflows[i].name, (long long)r->overflows[i].count); shown++; }
-        printf("%s\n", nt > 5 ? " …" : "");
-    }
-    if (r->nonfinite_total) {
-        size_t nt = 0, shown = 0;
-        for (size_t i = 0; i < r->n_overflows; i++) nt += r->overflows[i].nonfinite != 0;
-        printf("nonfinite %lld values in %zu tensors became NaN or ±Inf in fp32:", (long long)r->nonfinite_total, nt);
-        for (size_t i = 0; i < r->n_overflows && shown < 5; i++)
-            if (r->overflows[i].nonfinite) { printf(" %s (%lld)", r->overflows[i].name, (long long)r->overflows[i].nonfinite); shown++; }
-        printf("%s\n", nt > 5 ? " …" : "");
-    }
+    if (r->overflow_total) print_counts("overflow  %lld values in %zu tensors became ±Inf:", r, r->overflow_total, 0);
+    if (r->nonfinite_total)
+        print_counts("nonfinite %lld values in %zu tensors became NaN or ±Inf in fp32:", r, r->nonfinite_total, 1);
     printf("time      %.2f s\n", r->seconds_total);
 }
 
