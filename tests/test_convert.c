@@ -28,22 +28,28 @@ static lm_source *open_out(const char *path)
     return lm_source_open(&s, path, NULL, NULL) ? NULL : s;
 }
 
+/* tensor i of a is in b under its name with the same dtype, shape and bytes */
+static int tensor_in(const lm_source *a, size_t i, const lm_source *b)
+{
+    const lm_entry *x = lm_source_entry(a, i);
+    int64_t j = lm_source_find(b, x->name);
+    if (j < 0) return 0;
+    const lm_entry *y = lm_source_entry(b, (size_t)j);
+    if (x->dtype != y->dtype || x->ndim != y->ndim || memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim)) return 0;
+    void *p = malloc(x->nbytes + 1), *q = malloc(y->nbytes + 1);
+    int eq = p && q && !lm_source_read(a, i, p, NULL) && !lm_source_read(b, (size_t)j, q, NULL) && !memcmp(p, q, x->nbytes);
+    free(p);
+    free(q);
+    return eq;
+}
+
 /* every tensor of a and b identical in name, dtype, shape and bytes */
 static int same_tensors(const lm_source *a, const lm_source *b, int64_t *bad_at)
 {
     if (lm_source_count(a) != lm_source_count(b)) return 0;
     for (size_t i = 0; i < lm_source_count(a); i++) {
-        const lm_entry *x = lm_source_entry(a, i);
-        int64_t j = lm_source_find(b, x->name);
         *bad_at = (int64_t)i;
-        if (j < 0) return 0;
-        const lm_entry *y = lm_source_entry(b, (size_t)j);
-        if (x->dtype != y->dtype || x->ndim != y->ndim || memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim)) return 0;
-        void *p = malloc(x->nbytes + 1), *q = malloc(y->nbytes + 1);
-        int eq = !lm_source_read(a, i, p, NULL) && !lm_source_read(b, (size_t)j, q, NULL) && !memcmp(p, q, x->nbytes);
-        free(p);
-        free(q);
-        if (!eq) return 0;
+        if (!tensor_in(a, i, b)) return 0;
     }
     return 1;
 }
@@ -270,17 +276,8 @@ static int same_but(const lm_source *a, const lm_source *b, const char *extra, c
     if (lm_source_count(a) + (extra ? 1 : 0) != lm_source_count(b)) return 0;
     if (extra && (lm_source_find(b, extra) < 0 || lm_source_find(a, extra) >= 0)) { snprintf(bad, nbad, "extra %s", extra); return 0; }
     for (size_t i = 0; i < lm_source_count(a); i++) {
-        const lm_entry *x = lm_source_entry(a, i);
-        int64_t j = lm_source_find(b, x->name);
-        snprintf(bad, nbad, "%s", x->name);
-        if (j < 0) return 0;
-        const lm_entry *y = lm_source_entry(b, (size_t)j);
-        if (x->dtype != y->dtype || x->ndim != y->ndim || memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim)) return 0;
-        void *p = malloc(x->nbytes + 1), *q = malloc(y->nbytes + 1);
-        int eq = !lm_source_read(a, i, p, NULL) && !lm_source_read(b, (size_t)j, q, NULL) && !memcmp(p, q, x->nbytes);
-        free(p);
-        free(q);
-        if (!eq) return 0;
+        snprintf(bad, nbad, "%s", lm_source_entry(a, i)->name);
+        if (!tensor_in(a, i, b)) return 0;
     }
     return 1;
 }

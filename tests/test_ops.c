@@ -149,11 +149,12 @@ static void test_conv2d_out_size(void)
     CHECK_EQ_INT(lm_conv2d_out_size(1, 3, 1, 0, 0), 0);
 }
 
-static void test_linear_and_proj(void)
+/* lm_linear (plain and accumulating), lm_proj_to_tokens and lm_proj_from_tokens of
+ * x [T, in] against a float64 reference: max |diff| ≤ tol (2·tol for the accumulated 2r). */
+static void check_linear_proj(int T, int in, int out, double tol, double tol_acc)
 {
-    int T = 13, in = 11, out = 9;
     float *x = rand_buf((size_t)T * in), *w = rand_buf((size_t)out * in), *b = rand_buf(out);
-    float *y = malloc((size_t)T * out * sizeof *y);
+    float *y = malloc((size_t)T * out * sizeof *y), *xt = malloc((size_t)T * in * sizeof *xt);
     double *r = malloc((size_t)T * out * sizeof *r);
     for (int t = 0; t < T; t++)
         for (int o = 0; o < out; o++) {
@@ -162,25 +163,25 @@ static void test_linear_and_proj(void)
             r[t * out + o] = a;
         }
     lm_linear(x, T, in, w, b, out, y, 0);
-    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 1e-5);
+    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, tol);
     lm_linear(x, T, in, w, b, out, y, 1);   /* accumulate: 2r */
-    for (int i = 0; i < T * out; i++) r[i] *= 2;
-    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 1e-5);
+    for (size_t i = 0; i < (size_t)T * out; i++) r[i] *= 2;
+    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, tol_acc);
     /* x viewed as an image [in, T]: tokens = xᵀ; proj_to_tokens(x) = linear(xᵀ) */
-    float *xt = malloc((size_t)T * in * sizeof *xt);
     for (int t = 0; t < T; t++) for (int i = 0; i < in; i++) xt[i * T + t] = x[t * in + i];
     lm_proj_to_tokens(xt, in, T, w, b, out, y);
-    for (int i = 0; i < T * out; i++) r[i] /= 2;
-    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 1e-5);
+    for (size_t i = 0; i < (size_t)T * out; i++) r[i] /= 2;
+    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, tol);
     /* proj_from_tokens gives the transpose: [out, T] */
-    float *yt = malloc((size_t)T * out * sizeof *yt);
-    lm_proj_from_tokens(x, T, in, w, b, out, yt, 0);
+    lm_proj_from_tokens(x, T, in, w, b, out, y, 0);
     double m = 0;
     for (int t = 0; t < T; t++) for (int o = 0; o < out; o++)
-        m = fmax(m, fabs(yt[o * T + t] - r[t * out + o]));
-    CHECK_NEAR(m, 0, 1e-5);
-    free(x); free(w); free(b); free(y); free(r); free(xt); free(yt);
+        m = fmax(m, fabs(y[o * T + t] - r[t * out + o]));
+    CHECK_NEAR(m, 0, tol);
+    free(x); free(w); free(b); free(y); free(xt); free(r);
 }
+
+static void test_linear_and_proj(void) { check_linear_proj(13, 11, 9, 1e-5, 1e-5); }
 
 static void test_group_norm(void)
 {
@@ -441,31 +442,7 @@ static void test_parallel_sizes(void)
     check_conv(96, 20, 30, 200, 1, 1, 0, 0, 0, 0, 1, &e, &ok);   /* 1×1 */
     CHECK(ok); CHECK_NEAR(e, 0, 1e-4);
 
-    int T = 1100, in = 128, out = 64;   /* T·out ≥ 64 Ki: the bias pass runs in parallel too */
-    float *x = rand_buf((size_t)T * in), *w = rand_buf((size_t)out * in), *b = rand_buf(out);
-    float *y = malloc((size_t)T * out * sizeof *y), *xt = malloc((size_t)T * in * sizeof *xt);
-    double *r = malloc((size_t)T * out * sizeof *r);
-    for (int t = 0; t < T; t++)
-        for (int o = 0; o < out; o++) {
-            double a = b[o];
-            for (int i = 0; i < in; i++) a += (double)x[t * in + i] * w[o * in + i];
-            r[t * out + o] = a;
-        }
-    lm_linear(x, T, in, w, b, out, y, 0);
-    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 1e-4);
-    lm_linear(x, T, in, w, b, out, y, 1);   /* accumulate: 2r */
-    for (size_t i = 0; i < (size_t)T * out; i++) r[i] *= 2;
-    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 2e-4);
-    for (size_t i = 0; i < (size_t)T * out; i++) r[i] /= 2;
-    for (int t = 0; t < T; t++) for (int i = 0; i < in; i++) xt[i * T + t] = x[t * in + i];
-    lm_proj_to_tokens(xt, in, T, w, b, out, y);
-    CHECK_NEAR(max_abs_diff(y, r, (size_t)T * out), 0, 1e-4);
-    lm_proj_from_tokens(x, T, in, w, b, out, y, 0);
-    double m = 0;
-    for (int t = 0; t < T; t++) for (int o = 0; o < out; o++)
-        m = fmax(m, fabs(y[o * T + t] - r[t * out + o]));
-    CHECK_NEAR(m, 0, 1e-4);
-    free(x); free(w); free(b); free(y); free(xt); free(r);
+    check_linear_proj(1100, 128, 64, 1e-4, 2e-4);   /* T·out ≥ 64 Ki: the bias pass runs in parallel too */
 
     /* group norm + SiLU over 64 × 2048, layer norm over 1100 tokens */
     int C = 64, G = 32, HW = 2048, cpg = C / G;
